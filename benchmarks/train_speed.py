@@ -1,0 +1,137 @@
+"""Training throughput per model: images/s, ms per step, epoch time and peak memory.
+
+Each step is the real one of `ferkit.train`: index a uint8 batch on the device, augment it
+there, forward and backward under bf16 autocast (CUDA) in channels_last, optimizer step.
+With ``--profile`` it also splits a step into augmentation / forward+backward / optimizer
+and prints the profiler's top kernels.
+
+    PYTHONPATH=src python benchmarks/train_speed.py --models mba_cnn --batch-sizes 64 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ferkit.augment import AugmentConfig, augment_batch
+from ferkit.models import create_model
+
+FER2013_TRAIN = 28709
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model, opt, data, labels, batch, device, amp, gen, cfg):
+    def step():
+        idx = torch.randint(len(data), (batch,), device=device, generator=gen)
+        x = augment_batch(data[idx], cfg, gen).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def time_steps(step, device, seconds: float, min_steps: int = 5) -> tuple[int, float]:
+    for _ in range(3):
+        step()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    sync(device)
+    return n, time.perf_counter() - t0
+
+
+def split_step(model, opt, data, labels, batch, device, amp, gen, cfg, reps: int = 20) -> dict:
+    """Milliseconds spent in augmentation, forward+backward and optimizer (synchronised)."""
+    parts = {"augment": 0.0, "fwd+bwd": 0.0, "optimizer": 0.0}
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        idx = torch.randint(len(data), (batch,), device=device, generator=gen)
+        x = augment_batch(data[idx], cfg, gen).contiguous(memory_format=torch.channels_last)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        sync(device)
+        t3 = time.perf_counter()
+        parts["augment"] += t1 - t0
+        parts["fwd+bwd"] += t2 - t1
+        parts["optimizer"] += t3 - t2
+    return {k: 1000 * v / reps for k, v in parts.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["mba_cnn"])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per row")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument("--profile", action="store_true", help="step split and top kernels")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    cfg = AugmentConfig(erasing=0.5)
+    gen = torch.Generator(device).manual_seed(0)
+    data = torch.randint(0, 256, (4096, 48, 48), dtype=torch.uint8, device=device, generator=gen)
+    labels = torch.randint(0, 7, (4096,), device=device, generator=gen)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {amp}; channels_last")
+    rows = []
+    for model_name in args.models:
+        for batch in args.batch_sizes:
+            for compiled in [False, True] if args.compile else [False]:
+                model = create_model(model_name).to(device, memory_format=torch.channels_last)
+                fused = {"fused": True} if device.type == "cuda" else {}
+                opt = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
+                run = torch.compile(model) if compiled else model
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                step = make_step(run, opt, data, labels, batch, device, amp, gen, cfg)
+                n, secs = time_steps(step, device, args.seconds)
+                ips = n * batch / secs
+                mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+                rows.append((model_name, batch, "compile" if compiled else "eager", ips,
+                             1000 * secs / n, FER2013_TRAIN / ips, mem))
+                print(f"{model_name} batch {batch} {rows[-1][2]}: {ips:,.0f} images/s", flush=True)
+                if args.profile and not compiled:
+                    split = split_step(model, opt, data, labels, batch, device, amp, gen, cfg)
+                    print(f"{model_name} batch {batch} step split (ms, synchronised): "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
+                    if device.type == "cuda":
+                        from torch.profiler import ProfilerActivity, profile
+
+                        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                            for _ in range(10):
+                                step()
+                            sync(device)
+                        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    print()
+    print("| model | batch | mode | images/s | ms/step | FER2013 epoch (s) | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for m, b, mode, ips, ms, ep, mem in rows:
+        print(f"| {m} | {b} | {mode} | {ips:,.0f} | {ms:.2f} | {ep:.1f} | {mem:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Train several recipes at once on one GPU inside a time box, then package what comes back.
+#
+#   scripts/gpu_train.sh PACK OUT MINUTES RECIPE [RECIPE ...]
+#
+# PACK: a file from `ferkit data pack DATA --splits Training,PublicTest` (the test split
+# never travels; a FER+ recipe finds fer2013new.csv beside the pack). Each recipe trains in
+# its own process with --max-minutes MINUTES and a schedule fitted to that time; runs share
+# the GPU (small models leave most of it idle). For each recipe OUT gets RECIPE.tar.gz (best
+# weights in fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the
+# training-speed benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides.
+set -u
+PACK=$1; OUT=$2; MINUTES=$3; shift 3
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT/runs"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+if [ "${BENCH:-0}" = 1 ]; then
+  timeout "${BENCH_TIMEOUT:-150}" python benchmarks/train_speed.py --models mba_cnn \
+    --batch-sizes ${BENCH_BATCHES:-64 128} --seconds "${BENCH_SECONDS:-4}" --profile ${BENCH_FLAGS:-} \
+    > "$OUT/bench.txt" 2>&1 || echo "benchmark failed or timed out (see bench.txt)"
+  tail -8 "$OUT/bench.txt"
+fi
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu_util.csv" 2>&1 &
+  smi=$!
+fi
+for recipe in "$@"; do
+  python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$recipe" \
+    --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
+    > "$OUT/$recipe.log" 2>&1 &
+done
+wait $(jobs -p | grep -v "^${smi:-none}$")
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+status=0
+for recipe in "$@"; do
+  run="$OUT/runs/$recipe"
+  mkdir -p "$run"
+  mv "$OUT/$recipe.log" "$run/train.log"
+  if [ -f "$run/summary.json" ]; then
+    python - "$run" <<'PY'
+import sys
+from pathlib import Path
+import torch
+from ferkit.checkpoint import load_checkpoint, save_checkpoint
+run = Path(sys.argv[1])
+model, meta = load_checkpoint(run / "best")
+save_checkpoint(model, run / "best-fp16", meta, dtype=torch.float16)
+PY
+    echo "RESULT $recipe $(python -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"best_val_acc={s['best_val_acc']:.4f} epochs={s['epochs_done']}/{s['epochs_planned']} wall={s['wall_seconds']:.0f}s stop={s['stop_reason']}\")" "$run/summary.json")"
+  else
+    echo "RESULT $recipe FAILED"; tail -n 5 "$run/train.log"; status=1
+  fi
+  files=$(cd "$run" && ls best-fp16.safetensors best-fp16.json last.json metrics.jsonl summary.json recipe.json train.log 2>/dev/null)
+  tar -czf "$OUT/$recipe.tar.gz" -C "$run" $files
+done
+[ "${KEEP_RUNS:-0}" = 1 ] || rm -rf "$OUT/runs"
+exit $status

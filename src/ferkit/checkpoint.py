@@ -1,0 +1,71 @@
+"""Checkpoints: weights as safetensors beside a JSON file of metadata, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import create_model
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, metadata: dict, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``PATH.safetensors`` and ``PATH.json``; `path` is given without a suffix.
+
+    ``dtype=torch.float16`` stores floating weights in half precision (shipped weights).
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu").contiguous()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v
+    weights = base.with_suffix(".safetensors")
+    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    # JSON first, weights last: a reader that sees new weights also sees their metadata
+    atomic_write_bytes(base.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
+    tmp.replace(weights)
+    return weights
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    base = _base(path)
+    meta_file = base.with_suffix(".json")
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file}: checkpoint metadata not found")
+    return json.loads(meta_file.read_text())
+
+
+def _base(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The model (eval mode, float32) and metadata of a checkpoint written by `save_checkpoint`."""
+    base = _base(path)
+    weights = base.with_suffix(".safetensors")
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: checkpoint weights not found")
+    meta = read_metadata(base)
+    model = create_model(
+        meta["model"], num_classes=len(meta["class_names"]), **meta.get("model_options", {})
+    )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

@@ -1,0 +1,110 @@
+"""The ``ferkit`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import Recipe
+    from .train import fit
+
+    recipe = Recipe.from_yaml(args.recipe, args.set)
+    summary = fit(
+        recipe, args.data, args.out, device=args.device, resume=args.resume,
+        max_minutes=args.max_minutes, init_from=args.init_from,
+    )
+    if summary.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from .data import load
+
+    faces = load(args.path)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    packed = faces.subset(splits)
+    path = packed.save_pack(args.out)
+    size = path.stat().st_size
+    print(f"packed {len(packed)} images ({', '.join(splits)}) into {path} "
+          f"({size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import load
+    from .data.check import check_report, format_check
+
+    report = check_report(load(args.path, skip_bad=args.skip_bad))
+    print(json.dumps(report, indent=2) if args.json else format_check(report))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.info import model_table
+
+    rows = model_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':<18} {'params':>12} {'GMACs':>8}  description")
+        for r in rows:
+            print(f"{r['name']:<18} {r['params']:>12,} {r['gmacs']:>8.3f}  {r['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition.")
+    p.add_argument("--version", action="version", version=f"ferkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a recipe")
+    t.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
+    t.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
+    t.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override recipe keys, e.g. epochs=1 batch_size=128 augment.erasing=0.5")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly (with a checkpoint) before an epoch that would not fit")
+    t.add_argument("--init-from", default=None, help="checkpoint to fine-tune from")
+    t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
+                                                                   required=True)
+    pk = d.add_parser("pack", help="write a compact compressed copy of some splits")
+    pk.add_argument("path")
+    pk.add_argument("--splits", default="Training,PublicTest")
+    pk.add_argument("--out", required=True)
+    pk.set_defaults(func=_cmd_data_pack)
+    ck = d.add_parser("check", help="per-split class table and exact-duplicate analysis")
+    ck.add_argument("path")
+    ck.add_argument("--json", action="store_true")
+    ck.add_argument("--skip-bad", action="store_true", help="report and skip malformed rows")
+    ck.set_defaults(func=_cmd_data_check)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"ferkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

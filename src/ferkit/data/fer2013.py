@@ -1,0 +1,159 @@
+"""Readers for the FER2013 CSV layouts.
+
+- ICML 2013 ``fer2013.csv`` (``emotion,pixels,Usage``), plain, ``.gz`` or ``.xz``.
+- ``icml_face_data.csv`` (``emotion, Usage, pixels``: same data, other column order, spaces).
+- Kaggle ``train.csv`` (``emotion,pixels``: the Training rows) and ``test.csv`` (``pixels``
+  only: PublicTest then PrivateTest rows, no labels).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import lzma
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .faceset import FER2013_CLASSES, IMAGE_SIZE, SPLITS, DataError, FaceSet
+
+#: md5 of the original, decompressed ICML ``fer2013.csv`` (the one torchvision checks).
+FER2013_MD5 = "f8428a1edbd21e88f42c73edd2a14f95"
+FER2013_URL_HINT = (
+    "FER2013 comes from the ICML 2013 'Challenges in Representation Learning: Facial "
+    "Expression Recognition' challenge on Kaggle (fer2013.tar.gz holds fer2013.csv)"
+)
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """The decompressed text of a (possibly .gz/.xz/.bz2) file and the md5 of its bytes."""
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}.get(
+        path.suffix.lower(), open
+    )
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file. {FER2013_URL_HINT}") from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    md5 = hashlib.md5(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV ({exc})") from None
+    return text, md5
+
+
+def parse_pixels(text: str, where: str) -> np.ndarray:
+    """2304 space-separated integers in 0..255 -> uint8 48 x 48; `where` names the row."""
+    # Fast path (about 5x faster than converting the tokens): any text numpy cannot read to
+    # its end warns (DeprecationWarning, later ValueError) and takes the checked path below.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+        if values.size == NUM_PIXELS and values.min() >= 0 and values.max() <= 255:
+            return values.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+    except (DeprecationWarning, ValueError):
+        pass
+    tokens = text.split()
+    if len(tokens) != NUM_PIXELS:
+        raise DataError(f"{where}: expected {NUM_PIXELS} pixel values (48x48), got {len(tokens)}")
+    # Only malformed rows get here, so plain Python is fast enough (and never overflows).
+    bad = next((t for t in tokens if not re.fullmatch(r"[+-]?[0-9]+", t)), None)
+    if bad is not None:
+        raise DataError(f"{where}: pixel value {bad!r} is not an integer")
+    ints = [int(t) for t in tokens]
+    bad = next((v for v in ints if not 0 <= v <= 255), None)
+    if bad is not None:
+        raise DataError(f"{where}: pixel value {bad} outside 0..255")
+    values = np.array(ints, dtype=np.int64)
+    return values.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+
+def read_fer2013_csv(
+    path: str | Path, skip_bad: bool = False, default_split: str | None = None
+) -> FaceSet:
+    """Read a FER2013-style CSV with any of the columns ``emotion``, ``pixels``, ``Usage``.
+
+    Without a ``Usage`` column every row gets ``default_split`` (required then). Without an
+    ``emotion`` column labels are -1. With ``skip_bad`` a malformed row is reported in
+    ``info["skipped"]`` (and by the caller) instead of stopping the read.
+    """
+    path = Path(path)
+    text, md5 = read_text(path)
+    # A list of lines (endings kept, so quoted newlines survive) reads ~2x faster than StringIO.
+    reader = csv.reader(text.splitlines(keepends=True))
+    header = next(reader, None)
+    if header is None or not any(h.strip() for h in header):
+        raise DataError(f"{path}: empty file, expected a CSV header such as emotion,pixels,Usage")
+    columns = {h.strip().lower(): i for i, h in enumerate(header)}
+    if "pixels" not in columns:
+        raise DataError(f"{path}: no 'pixels' column in header {header}")
+    has_usage = "usage" in columns
+    if not has_usage and default_split is None:
+        raise DataError(
+            f"{path}: no 'Usage' column in header {header} (for Kaggle's train.csv + test.csv, "
+            "pass the folder holding both)"
+        )
+    col_pix, col_lab, col_use = columns["pixels"], columns.get("emotion"), columns.get("usage")
+    width = len(header)
+
+    images, labels, splits, index, skipped = [], [], [], [], []
+    for row_no, row in enumerate(reader, start=2):  # line 1 is the header
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        where = f"{path}, line {row_no}"
+        try:
+            if len(row) != width:
+                raise DataError(f"{where}: expected {width} fields {header}, got {len(row)}")
+            img = parse_pixels(row[col_pix], where)
+            label = -1
+            if col_lab is not None:
+                field = row[col_lab].strip()
+                if not (field.isascii() and field.isdigit()) or int(field) >= len(FER2013_CLASSES):
+                    raise DataError(f"{where}: emotion {field!r} is not an integer in 0..6")
+                label = int(field)
+            split = default_split
+            if col_use is not None:
+                split = row[col_use].strip()
+                if split not in SPLITS:
+                    raise DataError(f"{where}: Usage {split!r} is not one of {list(SPLITS)}")
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
+        images.append(img)
+        labels.append(label)
+        splits.append(split)
+        index.append(row_no - 2)
+    if not images:
+        raise DataError(f"{path}: no data rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    order = [h.strip().lower() for h in header]
+    layout = {
+        ("emotion", "pixels", "usage"): "fer2013-csv",
+        ("emotion", "usage", "pixels"): "icml_face_data-csv",
+    }.get(tuple(order), "csv")
+    info = {
+        "layout": layout,
+        "columns": [h.strip() for h in header],
+        "md5": md5,
+        "canonical": md5 == FER2013_MD5,
+    }
+    if skipped:
+        info["skipped"] = skipped
+    return FaceSet(
+        images=np.stack(images),
+        labels=np.array(labels),
+        splits=np.array(splits),
+        index=np.array(index),
+        source=str(path),
+        info=info,
+    )

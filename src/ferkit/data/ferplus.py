@@ -1,0 +1,93 @@
+"""FER+ (Barsoum et al., 2016): ten-annotator re-labelling of the FER2013 images.
+
+``fer2013new.csv`` has one row per FER2013 row, in the same order, with the columns
+``Usage, Image name, neutral, happiness, surprise, sadness, anger, disgust, fear, contempt,
+unknown, NF``. It is joined to the images by ROW INDEX: a few image names repeat and the
+non-face rows have none.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .faceset import DataError, FaceSet
+
+FERPLUS_CLASSES: tuple[str, ...] = (
+    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+)
+VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
+
+
+def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The N x 10 vote counts and the N Usage strings of ``fer2013new.csv``."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read FER+ votes ({exc})") from None
+    if not rows:
+        raise DataError(f"{path}: empty file, expected the FER+ header")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in ("Usage", *VOTE_COLUMNS) if c not in header]
+    if missing:
+        raise DataError(f"{path}: FER+ columns {missing} missing from header {header}")
+    cols = [header.index(c) for c in VOTE_COLUMNS]
+    use = header.index("Usage")
+    votes = np.zeros((len(rows) - 1, len(VOTE_COLUMNS)), dtype=np.float32)
+    usage = []
+    for i, row in enumerate(rows[1:]):
+        try:
+            votes[i] = [int(row[c]) for c in cols]
+        except (ValueError, IndexError):
+            raise DataError(
+                f"{path}, line {i + 2}: expected integer votes in {list(VOTE_COLUMNS)}"
+            ) from None
+        usage.append(row[use].strip())
+    return votes, np.array(usage)
+
+
+def majority_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The FER+ paper's majority-vote rule, as in its reference code (``ferplus.py``).
+
+    Votes of a single annotator are dropped as outliers; a row keeps the label with more
+    than half of the remaining votes; rows without such a majority, or whose majority is
+    unknown / not-a-face, are dropped. Returns ``(labels, keep)`` (labels of dropped rows -1).
+    """
+    v = np.where(votes <= 1, 0, votes)
+    total = v.sum(axis=1)
+    top = v.argmax(axis=1)
+    keep = (v.max(axis=1) > 0.5 * total) & (top < len(FERPLUS_CLASSES))
+    return np.where(keep, top, -1), keep
+
+
+def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
+    """FER+ labels for the FER2013 `faces`, joined by their original row index.
+
+    Returns the rows the majority rule keeps, with 8 classes (contempt included),
+    ``labels`` the majority label and ``soft_labels`` the vote distribution over the 8
+    emotions after the outlier (single-vote) removal (the FER+ paper's cross-entropy targets).
+    """
+    votes, usage = read_ferplus_votes(votes_csv)
+    if faces.index.max(initial=-1) >= len(votes):
+        raise DataError(
+            f"{votes_csv}: {len(votes)} rows, but the images go up to row {faces.index.max()}: "
+            "is this the fer2013new.csv of the same FER2013 file?"
+        )
+    rows = faces.index
+    known = np.isin(faces.splits, ("Training", "PublicTest", "PrivateTest"))
+    if np.any(usage[rows][known] != faces.splits[known]):
+        raise DataError(f"{votes_csv}: Usage disagrees with the images' splits; rows misaligned")
+    labels, keep = majority_targets(votes[rows])
+    # the reference code drops single votes (outliers) before its probability targets too
+    emotion_votes = np.where(votes[rows] <= 1, 0, votes[rows])[:, : len(FERPLUS_CLASSES)]
+    soft = emotion_votes / np.maximum(emotion_votes.sum(axis=1, keepdims=True), 1)
+    out = faces.select(keep)
+    out.labels = labels[keep]
+    out.soft_labels = soft[keep].astype(np.float32)
+    out.class_names = FERPLUS_CLASSES
+    out.info = {**faces.info, "ferplus": str(votes_csv), "ferplus_dropped": int((~keep).sum())}
+    return out

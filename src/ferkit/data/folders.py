@@ -1,0 +1,363 @@
+"""Folder layouts of FER2013 (see ``load_folder``).
+
+- a folder holding ``fer2013.csv`` (or ``.gz`` / ``.xz``) or ``icml_face_data.csv``, directly
+  or in a ``fer2013/`` sub-folder;
+- Kaggle's ``train.csv`` (Training rows, labelled) + ``test.csv`` (PublicTest then PrivateTest
+  rows, pixels only);
+- image folders ``train/<class>/*`` + ``test/<class>/{PublicTest,PrivateTest}_<n>.jpg``;
+- image folders ``train/<class>/*`` + ``validation/<class>/*`` (a random re-split: warned);
+- generic class folders ``<root>/<class>/*`` (split ``all``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import readers
+from .faceset import FER2013_CLASSES, IMAGE_SIZE, SPLITS, DataError, FaceSet
+from .fer2013 import read_fer2013_csv
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+)
+CSV_NAMES = tuple(
+    f"{stem}.csv{ext}" for stem in ("fer2013", "icml_face_data") for ext in ("", ".gz", ".xz")
+)
+#: Folder name (lower case) -> FER2013 class name.
+CLASS_ALIASES: dict[str, str] = {
+    **{name: name for name in FER2013_CLASSES},
+    "anger": "angry",
+    "disgusted": "disgust",
+    "fearful": "fear",
+    "happiness": "happy",
+    "sadness": "sad",
+    "surprised": "surprise",
+}
+#: Split folder name (lower case) -> split name ("test" takes it from the file-name prefix).
+SPLIT_FOLDERS = {"train": "Training", "test": None, "validation": "validation", "val": "validation"}
+TEST_PREFIX = re.compile(r"^(publictest|privatetest)_", re.IGNORECASE)
+RESPLIT_WARNING = (
+    "train/ + validation/ folders are a random re-split of FER2013 that mixes the ICML test "
+    "images into training, so numbers on 'validation' are not comparable with the ICML "
+    "PrivateTest (the protocol of published FER2013 results)"
+)
+PROGRESS_MIN_FILES = 1000
+
+
+def _accepted_classes() -> str:
+    aliases = {
+        c: sorted(a for a, n in CLASS_ALIASES.items() if n == c and a != c) for c in FER2013_CLASSES
+    }
+    return ", ".join(
+        c + (f" ({'/'.join(aliases[c])})" if aliases[c] else "") for c in FER2013_CLASSES
+    )
+
+
+def _visible(entry: os.DirEntry | Path) -> bool:
+    return not entry.name.startswith((".", "__"))
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+# ---- images ----
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """One image file as uint8 48 x 48 gray (any PIL mode; resized bilinearly if needed)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            gray = _to_gray(im)
+            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def _to_gray(im):
+    """A PIL image in mode ``L``: colour by luma, alpha dropped, 16-bit scaled to 8-bit."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "L":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0  # 0..65535 -> 0..255
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    if mode == "P":  # via RGBA, so that palette transparency does not warn
+        im = im.convert("RGBA")
+    return im.convert("L")
+
+
+def _progress(items: list, desc: str):
+    if len(items) < PROGRESS_MIN_FILES or not sys.stderr.isatty():
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="img", file=sys.stderr, leave=False)
+
+
+# ---- cache ----
+
+
+def _folder_key(root: Path, files: list[Path], extra: dict) -> str:
+    """Cache key: folder, layout, file count, names, total size and newest modification time."""
+    newest, size = root.stat().st_mtime_ns, 0
+    names = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        newest, size = max(newest, st.st_mtime_ns), size + st.st_size
+        names.update(str(f.relative_to(root)).encode() + b"\0")
+    for d in {f.parent for f in files}:  # a file moved or deleted changes its folder's mtime
+        newest = max(newest, d.stat().st_mtime_ns)
+    ident = json.dumps(
+        [
+            readers.CACHE_VERSION,
+            "folder",
+            str(root.resolve()),
+            len(files),
+            newest,
+            size,
+            names.hexdigest(),
+            extra,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def _cached(root: Path, files: list[Path], extra: dict, cache: bool, build) -> FaceSet:
+    key = _folder_key(root, files, extra)
+    if cache and (hit := readers._read_cached(root, key)) is not None:
+        return hit
+    faces = build()
+    if cache:
+        readers._write_cache(faces, key)
+    return faces
+
+
+# ---- layouts ----
+
+
+def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = True) -> FaceSet:
+    """Detect the layout of a FER2013 folder and read it (``info["layout"]`` says which).
+
+    With ``skip_bad`` a bad CSV row or unreadable image is left out and reported in
+    ``info["skipped"]`` (`ferkit.data.load` prints them); without it, it is a `DataError`
+    naming the file. Reads are cached like the CSVs (see `ferkit.data.readers.cache_dir`).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    entries = [e for e in os.scandir(root) if _visible(e)]
+    if not entries:
+        raise DataError(f"{root}: empty folder, no FER2013 data in it")
+    files = {e.name.lower(): Path(e.path) for e in entries if e.is_file()}
+    dirs = {e.name.lower(): Path(e.path) for e in entries if e.is_dir()}
+
+    # 1. the ICML CSV (or icml_face_data.csv), here or in fer2013/
+    for folder_files in (files, _files_of(dirs.get("fer2013"))):
+        for name in CSV_NAMES:
+            if name in folder_files:
+                faces = readers.load_csv(folder_files[name], skip_bad=skip_bad, cache=cache)
+                faces.info = {**faces.info, "folder": str(root)}
+                return faces
+    # 2. Kaggle train.csv + test.csv
+    if "train.csv" in files and "test.csv" in files:
+        train, test = files["train.csv"], files["test.csv"]
+        return _cached(
+            root,
+            [train, test],
+            {"layout": "kaggle", "skip_bad": skip_bad},
+            cache,
+            lambda: _read_kaggle(root, train, test, skip_bad),
+        )
+    if "train.csv" in files or "test.csv" in files:
+        have, need = (
+            ("train.csv", "test.csv") if "train.csv" in files else ("test.csv", "train.csv")
+        )
+        raise DataError(f"{root}: has Kaggle's {have} but not {need}; the layout needs both")
+    # 3./4. split folders train/ + test/ and/or validation/
+    if "train" in dirs:
+        others = sorted(n for n in dirs if n not in SPLIT_FOLDERS)
+        present = [n for n in SPLIT_FOLDERS if n in dirs]
+        if others or len(present) < 2:
+            raise DataError(
+                f"{root}: has train/ but "
+                + (f"also unexpected folders {others}" if others else "no test/ or validation/")
+                + "; expected train/ + test/ (ICML splits) or train/ + validation/"
+            )
+        if "validation" in dirs and "val" in dirs:
+            raise DataError(f"{root}: has both validation/ and val/; keep one")
+        items, ignored = [], []
+        for name in present:
+            items += _class_folder_items(dirs[name], SPLIT_FOLDERS[name], ignored)
+        layout = "image-folders-train-" + "-".join(
+            "validation" if n == "val" else n for n in present if n != "train"
+        )
+        extra = {"layout": layout}
+        if "validation" in dirs or "val" in dirs:
+            extra["resplit_warning"] = RESPLIT_WARNING
+    # 5. generic class folders
+    elif dirs and all(n in CLASS_ALIASES for n in dirs):
+        ignored = []
+        items = _class_folder_items(root, "all", ignored)
+        extra = {"layout": "class-folders"}
+    elif dirs:
+        unknown = sorted(n for n in dirs if n not in CLASS_ALIASES)
+        raise DataError(
+            f"{root}: unknown class folder(s) {unknown}; accepted class names: "
+            f"{_accepted_classes()}. Other accepted layouts: fer2013.csv[.gz|.xz], "
+            "icml_face_data.csv, train.csv + test.csv, train/ + test/, train/ + validation/"
+        )
+    else:
+        raise DataError(
+            f"{root}: no FER2013 data found (looked for fer2013.csv[.gz|.xz], "
+            "icml_face_data.csv, train.csv + test.csv, train/ + test/ or validation/ class "
+            f"folders, or class folders); it holds {sorted(files)[:10]}"
+        )
+    if not items:
+        raise DataError(f"{root}: no images in the class folders ({extra['layout']} layout)")
+    paths = [p for p, _, _ in items]
+    return _cached(
+        root,
+        paths,
+        {**extra, "skip_bad": skip_bad},
+        cache,
+        lambda: _read_images(root, items, extra, ignored, skip_bad),
+    )
+
+
+def _files_of(folder: Path | None) -> dict[str, Path]:
+    if folder is None:
+        return {}
+    return {e.name.lower(): Path(e.path) for e in os.scandir(folder) if e.is_file()}
+
+
+def _class_folder_items(
+    folder: Path, split: str | None, ignored: list[str]
+) -> list[tuple[Path, int, str | None]]:
+    """(file, label, split or None for 'from the test prefix') for ``folder/<class>/*``."""
+    items = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not _visible(entry):
+            continue
+        if not entry.is_dir():
+            ext = os.path.splitext(entry.name)[1].lower()
+            if ext in IMAGE_EXTENSIONS:  # an image outside any class folder has no label
+                items.append((Path(entry.path), -2, split))
+            else:
+                ignored.append(entry.path)
+            continue
+        cls = CLASS_ALIASES.get(entry.name.lower())
+        if cls is None:
+            raise DataError(
+                f"{entry.path}: unknown class folder {entry.name!r}; accepted names: "
+                f"{_accepted_classes()}"
+            )
+        label = FER2013_CLASSES.index(cls)
+        for f in sorted(os.scandir(entry.path), key=lambda e: _natural(e.name)):
+            if not _visible(f):
+                continue
+            if f.is_file() and os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS:
+                items.append((Path(f.path), label, split))
+            else:
+                ignored.append(f.path)
+    return items
+
+
+def _read_images(
+    root: Path,
+    items: list[tuple[Path, int, str | None]],
+    extra: dict,
+    ignored: list[str],
+    skip_bad: bool,
+) -> FaceSet:
+    order = {s: i for i, s in enumerate(SPLITS)}
+    rows, skipped = [], []
+    for path, label, split in _progress(items, desc=f"reading {root.name}"):
+        try:
+            if label == -2:
+                raise DataError(f"{path}: image outside any class folder, so it has no label")
+            if split is None:  # test/: the ICML split is in the file name
+                m = TEST_PREFIX.match(path.name)
+                if m is None:
+                    raise DataError(
+                        f"{path}: a test/ image name must start with PublicTest_ or "
+                        "PrivateTest_ (its ICML split is not known otherwise)"
+                    )
+                split = "PublicTest" if m.group(1).lower() == "publictest" else "PrivateTest"
+            rows.append((order.get(split, len(order)), split, label, path, read_image(path)))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+    if not rows:
+        raise DataError(f"{root}: no readable images ({len(skipped)} skipped)")
+    rows.sort(key=lambda r: r[:1] + r[2:3])  # Training, PublicTest, PrivateTest, others; class
+    info = {**extra, "canonical": None, "num_files": len(items)}
+    if ignored:
+        info["ignored"] = ignored
+    if skipped:
+        info["skipped"] = skipped
+    return FaceSet(
+        images=np.stack([r[4] for r in rows]),
+        labels=np.array([r[2] for r in rows]),
+        splits=np.array([r[1] for r in rows]),
+        source=str(root),
+        info=info,
+    )
+
+
+def _read_kaggle(root: Path, train: Path, test: Path, skip_bad: bool) -> FaceSet:
+    tr = read_fer2013_csv(train, skip_bad=skip_bad, default_split="Training")
+    te = read_fer2013_csv(test, skip_bad=skip_bad, default_split="PublicTest")
+    tr_skipped, te_skipped = tr.info.get("skipped", []), te.info.get("skipped", [])
+    info = {
+        "layout": "kaggle-train-test-csv",
+        "canonical": None,
+        "md5": {"train.csv": tr.info["md5"], "test.csv": te.info["md5"]},
+    }
+    # Rows are numbered as in the ICML file (train.csv then test.csv), so FER+ joins by index.
+    n_train, n_test = len(tr) + len(tr_skipped), len(te) + len(te_skipped)
+    te_index = te.index + n_train
+    te_splits = te.splits
+    if "usage" not in [c.lower() for c in te.info.get("columns", [])]:
+        half = n_test // 2
+        te_splits = np.where(te.index < half, "PublicTest", "PrivateTest")
+        info["split_assumption"] = (
+            f"test.csv has no Usage column: its first {half} rows are taken as PublicTest and "
+            f"the other {n_test - half} as PrivateTest (the ICML order, 3589 + 3589 in the "
+            "original); its labels are unknown (-1)"
+            + ("; ODD row count, so the halves cannot be the ICML ones" if n_test % 2 else "")
+        )
+    if tr_skipped or te_skipped:
+        info["skipped"] = tr_skipped + te_skipped
+    return FaceSet(
+        images=np.concatenate([tr.images, te.images]),
+        labels=np.concatenate([tr.labels, te.labels]),
+        splits=np.concatenate([tr.splits, te_splits]),
+        index=np.concatenate([tr.index, te_index]),
+        source=str(root),
+        info=info,
+    )
+
+
+__all__ = ["CLASS_ALIASES", "RESPLIT_WARNING", "load_folder", "read_image"]

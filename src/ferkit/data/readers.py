@@ -1,0 +1,130 @@
+"""`load(path)`: detect the layout of a FER dataset and read it, with a cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .faceset import PACK_MAGIC, DataError, FaceSet
+from .fer2013 import read_fer2013_csv
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$FERKIT_CACHE``, else ``$XDG_CACHE_HOME/ferkit``, else ``~/.cache/ferkit``."""
+    if os.environ.get("FERKIT_CACHE"):
+        return Path(os.environ["FERKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ferkit"
+
+
+def _is_pack(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head != b"\xfd7zXZ\x00":
+        return False
+    # An .xz may also be a compressed CSV: a pack's payload is a zip (npz) archive.
+    import lzma
+
+    with lzma.open(path, "rb") as f:
+        return f.read(2) == b"PK"
+
+
+def _cache_key(path: Path, kwargs: dict) -> str:
+    st = path.stat()
+    ident = json.dumps(
+        [CACHE_VERSION, str(path.resolve()), st.st_size, st.st_mtime_ns, kwargs], sort_keys=True
+    )
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def _read_cached(path: Path, key: str) -> FaceSet | None:
+    file = cache_dir() / f"{key}.npz"
+    if not file.exists():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return FaceSet(
+                images=z["images"],
+                labels=z["labels"],
+                splits=z["splits"],
+                class_names=tuple(meta["class_names"]),
+                index=z["index"],
+                soft_labels=z["soft_labels"] if "soft_labels" in z.files else None,
+                source=str(path),
+                info=meta["info"],
+            )
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache entry is rebuilt
+
+
+def _write_cache(faces: FaceSet, key: str) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}.tmp.npz"
+        arrays = dict(
+            images=faces.images,
+            labels=faces.labels,
+            splits=faces.splits,
+            index=faces.index,
+            meta=np.array(json.dumps({"class_names": list(faces.class_names), "info": faces.info})),
+        )
+        if faces.soft_labels is not None:
+            arrays["soft_labels"] = faces.soft_labels
+        np.savez(tmp, **arrays)
+        tmp.replace(folder / f"{key}.npz")
+    except OSError as exc:  # a read-only home must not stop the read
+        print(f"ferkit: cache not written to {folder} ({exc})", file=sys.stderr)
+
+
+def load_csv(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True) -> FaceSet:
+    """One FER2013-style CSV, through the cache; skipped rows are in ``info["skipped"]``."""
+    path = Path(path)
+    key = _cache_key(path, {"skip_bad": skip_bad})
+    if cache and (hit := _read_cached(path, key)) is not None:
+        return hit
+    faces = read_fer2013_csv(path, skip_bad=skip_bad)
+    if cache:
+        _write_cache(faces, key)
+    return faces
+
+
+def report_skipped(faces: FaceSet, file=None) -> None:
+    """Print each row or image a ``skip_bad`` read left out (on every load, cached or not)."""
+    for message in faces.info.get("skipped", []):
+        print(f"ferkit: skipped {message}", file=file or sys.stderr)
+
+
+def load(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True) -> FaceSet:
+    """Read a FER dataset from `path`, whatever its layout.
+
+    Accepted: a ferkit pack; FER2013 CSVs (``fer2013.csv`` plain/.gz/.xz,
+    ``icml_face_data.csv``); a folder holding one of those or the other layouts that
+    `ferkit.data.folders` reads. Parsed CSVs and image folders are cached (see `cache_dir`),
+    keyed by path, size and modification time, never written beside the data. With
+    ``skip_bad`` every row or image left out is printed to stderr (and in ``info["skipped"]``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        from .folders import load_folder
+
+        faces = load_folder(path, skip_bad=skip_bad, cache=cache)
+    elif _is_pack(path):
+        return FaceSet.from_pack(path)
+    else:
+        faces = load_csv(path, skip_bad=skip_bad, cache=cache)
+    report_skipped(faces)
+    return faces
+
+
+__all__ = ["PACK_MAGIC", "cache_dir", "load", "load_csv", "report_skipped"]

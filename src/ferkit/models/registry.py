@@ -1,0 +1,62 @@
+"""Model registry: ``create_model(name, num_classes=7, in_chans=1, **options)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from . import baselines
+from .mba_cnn import MBACNN
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    defaults: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module], description: str, **defaults) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelSpec(name, builder, description, defaults)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, num_classes: int = 7, in_chans: int = 1, **options) -> nn.Module:
+    """Build a registered model. ``options`` override the model's defaults."""
+    spec = model_spec(name)
+    kwargs = {**spec.defaults, **options}
+    try:
+        return spec.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad options for model {name!r}: {exc}") from None
+
+
+register("mba_cnn", MBACNN, "MBA-CNN (He 2023): DSC + CBAM, three branches")
+register("mba_cnn_conv", MBACNN, "MBA-CNN ablation: standard 3x3 convs instead of DSC",
+         separable=False)
+register("mba_cnn_no_cbam", MBACNN, "MBA-CNN ablation: no CBAM attention", attention=False)
+register("mba_cnn_1branch", MBACNN, "MBA-CNN ablation: one branch (modules 1-2-3, no sum)",
+         branches=1)
+register("vulpe_cnn", baselines.VulpeCNN, "plain CNN of Vulpe-Grigorasi & Grigore (ATEE 2021)")
+register("resnet18", baselines.ResNet18, "ResNet-18 for 48x48 gray input, from scratch")
+register("vgg_fer", baselines.VGGFer, "VGG variant of Khaireddin & Chen (2021)")

@@ -1,0 +1,124 @@
+"""Training recipes: one dataclass, read from YAML, overridable with ``key=value``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .augment import AugmentConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+TEST_SPLIT = "PrivateTest"
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run except the data path and output folder."""
+
+    name: str = "custom"
+    model: str = "mba_cnn"
+    model_options: dict = field(default_factory=dict)
+    dataset: str = "fer2013"  # or "ferplus" (needs ferplus_csv)
+    ferplus_csv: str | None = None
+    targets: str = "hard"  # "soft": FER+ vote distributions
+    train_splits: list[str] = field(default_factory=lambda: ["Training"])
+    val_split: str = "PublicTest"
+    epochs: int = 300
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    plateau_patience: int = 10
+    plateau_factor: float = 0.5
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # or "balanced"
+    augment: dict = field(default_factory=dict)
+    ema: float = 0.0  # weight EMA decay per step; 0 disables
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU unless amp_cpu)
+    amp_cpu: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    time_budget_minutes: float | None = None  # fit the schedule's length to this time
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if TEST_SPLIT in self.train_splits or self.val_split == TEST_SPLIT:
+            raise ValueError(
+                f"recipe {self.name!r} trains or selects on {TEST_SPLIT}: that split is the "
+                "held-out test set, reported once after training. Train on Training and select "
+                "on PublicTest."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: use one of {SCHEDULES}")
+        if self.dataset not in ("fer2013", "ferplus"):
+            raise ValueError(f"dataset {self.dataset!r}: use fer2013 or ferplus")
+        if self.dataset == "ferplus" and not self.ferplus_csv:
+            raise ValueError("dataset ferplus needs ferplus_csv (the fer2013new.csv votes)")
+        if self.targets not in ("hard", "soft"):
+            raise ValueError(f"targets {self.targets!r}: use hard or soft")
+        if self.targets == "soft" and self.dataset != "ferplus":
+            raise ValueError("soft targets need dataset: ferplus (the vote distributions)")
+        if self.class_weights not in ("none", "balanced"):
+            raise ValueError(f"class_weights {self.class_weights!r}: use none or balanced")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        AugmentConfig.from_dict(self.augment)
+
+    @property
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig.from_dict(self.augment)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read recipe ({exc})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of keys to values")
+        d.setdefault("name", path.stem)
+        return cls.from_dict(apply_overrides(d, overrides or []))
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings (values parsed as YAML; ``a.b=1`` sets a nested key)."""
+    d = dict(d)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected key=value")
+        value = yaml.safe_load(raw)
+        target = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target[p] = dict(target.get(p) or {})
+            target = target[p]
+        target[leaf] = value
+    return d

@@ -1,0 +1,506 @@
+"""`fit(recipe)`: one readable training loop with AMP, channels_last, compile, DDP and resume.
+
+The training images live on the training device as one uint8 tensor; every step indexes a
+batch, augments it there and runs the model. Nothing synchronises with the host inside an
+epoch, so a GPU is never starved by Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .augment import PIXEL_MEAN, PIXEL_STD, augment_batch, mix_batch, normalize
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import FaceSet, load, load_ferplus
+from .models import create_model
+from .recipe import Recipe
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but no CUDA GPU is available")
+    return dev
+
+
+def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group that torchrun describes in the environment (if any)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo(), device
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+        device = torch.device("cuda", info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def load_data(recipe: Recipe, data: str | os.PathLike) -> tuple[FaceSet, FaceSet]:
+    faces = load(data)
+    if recipe.dataset == "ferplus":
+        votes = Path(recipe.ferplus_csv)
+        if not votes.is_absolute() and not votes.exists():
+            # a bare file name is looked for beside the data
+            votes = Path(data).parent / votes
+        faces = load_ferplus(faces, votes)
+    return faces.subset(recipe.train_splits), faces.subset(recipe.val_split)
+
+
+def lr_at(recipe: Recipe, progress: float, epoch_progress: float, plateau_scale: float) -> float:
+    """Learning rate at `progress` (0..1 of the run) / `epoch_progress` (epochs done)."""
+    base, low = recipe.lr, recipe.min_lr
+    if recipe.warmup_epochs and epoch_progress < recipe.warmup_epochs:
+        return base * max(epoch_progress / recipe.warmup_epochs, 1e-3)
+    if recipe.schedule == "constant":
+        return base
+    if recipe.schedule == "plateau":
+        return max(base * plateau_scale, low)
+    if recipe.schedule == "cosine":
+        return low + (base - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    # onecycle: cosine up from base/25 over the first 30%, then cosine down to base/1e4
+    start, end, peak = base / 25, base / 1e4, 0.3
+    if progress < peak:
+        return start + (base - start) * 0.5 * (1 - math.cos(math.pi * progress / peak))
+    p = min((progress - peak) / (1 - peak), 1.0)
+    return end + (base - end) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # no weight decay on biases and norm parameters
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if recipe.optimizer == "adam":
+        # Adam's weight decay is L2 in the gradient, as in Keras/PyTorch Adam
+        return torch.optim.Adam(groups, lr=recipe.lr, **fused)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, **fused)
+    return torch.optim.SGD(
+        groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, **fused
+    )
+
+
+def class_weight_tensor(recipe: Recipe, labels: np.ndarray, num_classes: int, device):
+    if recipe.class_weights == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, amp: bool, channels_last: bool
+) -> torch.Tensor:
+    """Logits (float32, on the images' device) for uint8 N x 48 x 48 images, eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class Trainer:
+    """State of one run; `fit` below is the entry point."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        data: str | os.PathLike,
+        out: str | os.PathLike,
+        device: str = "auto",
+        resume: bool = False,
+        max_minutes: float | None = None,
+        init_from: str | None = None,
+        progress: bool | None = None,
+    ):
+        self.recipe = recipe
+        self.out = Path(out)
+        self.dist, self.device = setup_distributed(resolve_device(device))
+        self.max_minutes = max_minutes
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        r = recipe
+        if r.batch_size % self.dist.world:
+            raise ValueError(
+                f"batch_size {r.batch_size} must divide evenly over {self.dist.world} processes"
+            )
+        torch.manual_seed(r.seed)
+        self.gen = torch.Generator(self.device).manual_seed(r.seed)
+
+        train, val = load_data(r, data)
+        self.class_names = train.class_names
+        self.data_info = {k: v for k, v in train.info.items() if k != "skipped"}
+        self.x_train = torch.from_numpy(train.images).to(self.device)
+        self.y_train = torch.from_numpy(train.labels).to(self.device)
+        self.soft_train = (
+            torch.from_numpy(train.soft_labels).to(self.device) if r.targets == "soft" else None
+        )
+        self.x_val = torch.from_numpy(val.images).to(self.device)
+        self.y_val = torch.from_numpy(val.labels).to(self.device)
+        num_classes = len(self.class_names)
+        self.class_weight = class_weight_tensor(r, train.labels, num_classes, self.device)
+
+        self.model = create_model(r.model, num_classes=num_classes, **r.model_options)
+        if init_from:
+            self._init_from(init_from)
+        if r.sync_bn and self.dist.world > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        if r.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(r, self.model, self.device)
+        self.ema = None
+        if r.ema > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(r.ema),
+                use_buffers=True,
+            )
+        self.train_model: nn.Module = self.model
+        if self.dist.world > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.eager_model = self.train_model
+        if r.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.amp = r.amp if self.device.type == "cuda" else r.amp_cpu
+
+        self.steps_per_epoch = len(self.x_train) // r.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.x_train)} training images < batch_size {r.batch_size}")
+        self.epoch = 0
+        self.global_step = 0
+        self.best = -1.0
+        self.plateau_scale = 1.0
+        self.plateau_bad = 0
+        self.planned_epochs = r.epochs
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+
+    # ---- checkpoints ----
+
+    def _init_from(self, path: str) -> None:
+        source, meta = load_checkpoint(path)
+        own = self.model.state_dict()
+        state = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(own) - set(state))
+        self.model.load_state_dict(state, strict=False)
+        if skipped and self.dist.main:
+            print(f"ferkit: --init-from {path}: re-initialised {skipped} (class set "
+                  f"{meta['class_names']} -> {list(self.class_names)})", file=sys.stderr)
+
+    def metadata(self, metrics: dict) -> dict:
+        r = self.recipe
+        return {
+            "model": r.model,
+            "model_options": r.model_options,
+            "class_names": list(self.class_names),
+            "preprocessing": {"size": 48, "gray": True, "mean": PIXEL_MEAN, "std": PIXEL_STD},
+            "recipe": r.to_dict(),
+            "metrics": metrics,
+            "data": self.data_info,
+            "code_version": code_version(),
+            "torch": torch.__version__,
+        }
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save(self, name: str, metrics: dict) -> None:
+        save_checkpoint(self._eval_model(), self.out / name, self.metadata(metrics))
+
+    def _save_state(self) -> None:
+        state = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "plateau_scale": self.plateau_scale,
+            "plateau_bad": self.plateau_bad,
+            "planned_epochs": self.planned_epochs,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "gen": self.gen.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        tmp = self.out / ".last.state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "last.state.pt")
+
+    def _resume(self) -> None:
+        file = self.out / "last.state.pt"
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: nothing to resume (no last.state.pt in {self.out})")
+        s = torch.load(file, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.load_state_dict(s["ema"])
+        self.gen.set_state(s["gen"].cpu() if hasattr(s["gen"], "cpu") else s["gen"])
+        torch.set_rng_state(s["cpu_rng"].cpu())
+        if s["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(s["cuda_rng"].cpu(), self.device)
+        for key in ("epoch", "global_step", "best", "plateau_scale", "plateau_bad",
+                    "planned_epochs", "elapsed", "history"):
+            setattr(self, key, s[key])
+
+    # ---- one epoch ----
+
+    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), targets, weight=self.class_weight,
+            label_smoothing=self.recipe.label_smoothing,
+        )
+
+    def forward_backward(self, x: torch.Tensor, targets: torch.Tensor):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.train_model(x)
+        loss = self.loss_fn(logits, targets)
+        loss.backward()
+        return loss, logits
+
+    def train_epoch(self) -> dict:
+        r, d = self.recipe, self.dist
+        cfg = r.augment_config
+        mixing = cfg.mixup > 0 or cfg.cutmix > 0
+        num_classes = len(self.class_names)
+        local = r.batch_size // d.world
+        self.train_model.train()
+        perm = torch.randperm(len(self.x_train), generator=self.gen, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        steps = range(self.steps_per_epoch)
+        if self.progress and d.main:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}",
+                         leave=False, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for step in steps:
+            # the whole global batch is drawn and augmented on every rank, then each rank
+            # keeps its slice: results do not depend on the number of processes
+            idx = perm[step * r.batch_size : (step + 1) * r.batch_size]
+            x = augment_batch(self.x_train[idx], cfg, self.gen)
+            labels = self.y_train[idx]
+            if self.soft_train is not None:
+                targets = self.soft_train[idx]
+            elif mixing:
+                targets = F.one_hot(labels, num_classes).float()
+            else:
+                targets = labels
+            if mixing:
+                x, targets = mix_batch(x, targets, cfg, self.gen)
+            sl = slice(d.rank * local, (d.rank + 1) * local)
+            x, targets, labels = x[sl], targets[sl], labels[sl]
+            if r.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            progress = self.global_step / (self.planned_epochs * self.steps_per_epoch)
+            lr = lr_at(r, progress, self.global_step / self.steps_per_epoch, self.plateau_scale)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            try:
+                loss, logits = self.forward_backward(x, targets)
+            except Exception as exc:  # a torch.compile failure must not cost the run
+                if self.train_model is self.eager_model:
+                    raise
+                print(f"ferkit: torch.compile failed ({type(exc).__name__}: {exc}); "
+                      "continuing in eager mode", file=sys.stderr)
+                self.train_model = self.eager_model
+                self.opt.zero_grad(set_to_none=True)
+                loss, logits = self.forward_backward(x, targets)
+            self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == labels).sum()
+            self.global_step += 1
+        n_local = self.steps_per_epoch * local
+        stats = torch.stack([loss_sum / self.steps_per_epoch, correct / n_local])
+        if d.world > 1:
+            dist.all_reduce(stats)
+            stats /= d.world
+        seconds = time.perf_counter() - t0
+        return {
+            "train_loss": float(stats[0]),
+            "train_acc": float(stats[1]),
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "images_per_s": self.steps_per_epoch * r.batch_size / seconds,
+        }
+
+    def validate(self) -> dict:
+        logits = predict_logits(
+            self._eval_model(), self.x_val, self.recipe.eval_batch_size, self.amp,
+            self.recipe.channels_last,
+        )
+        loss = F.cross_entropy(logits, self.y_val).item()
+        acc = (logits.argmax(1) == self.y_val).float().mean().item()
+        return {"val_loss": loss, "val_acc": acc}
+
+    # ---- the run ----
+
+    def _log(self, row: dict, writer) -> None:
+        self.history.append(row)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, float | int):
+                    writer.add_scalar(k, v, row["epoch"])
+        line = (f"epoch {row['epoch']}/{self.planned_epochs} loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f} val_loss {row['val_loss']:.4f} "
+                f"val_acc {row['val_acc']:.4f} lr {row['lr']:.2e} "
+                f"{row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s")
+        print(line, file=sys.stderr, flush=True)
+
+    def _plan(self, epoch_seconds: float) -> None:
+        """Fit the schedule's length to the time budget (recipe.time_budget_minutes)."""
+        budget = self.recipe.time_budget_minutes
+        if not budget:
+            return
+        left = budget * 60 - self.elapsed
+        fits = self.epoch + max(int(left // max(epoch_seconds, 1e-6)), 0)
+        self.planned_epochs = max(min(self.recipe.epochs, fits), self.epoch, 1)
+
+    def run(self) -> dict:
+        r, d = self.recipe, self.dist
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2))
+        writer = None
+        if d.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                pass
+        stop_reason = "epochs"
+        last_epoch_seconds = None
+        start_wall = time.perf_counter() - self.elapsed
+        while self.epoch < self.planned_epochs:
+            t0 = time.perf_counter()
+            row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate()}
+            self.epoch += 1
+            self.elapsed = time.perf_counter() - start_wall
+            row["elapsed_s"] = self.elapsed
+            epoch_total = time.perf_counter() - t0
+            # the first epoch includes compilation and warm-up: plan from the later ones
+            last_epoch_seconds = epoch_total if self.epoch > 1 or last_epoch_seconds is None else last_epoch_seconds
+            if r.schedule == "plateau":
+                if row["val_acc"] > self.best + 1e-4:
+                    self.plateau_bad = 0
+                else:
+                    self.plateau_bad += 1
+                    if self.plateau_bad > r.plateau_patience:
+                        self.plateau_scale *= r.plateau_factor
+                        self.plateau_bad = 0
+            improved = row["val_acc"] > self.best
+            self.best = max(self.best, row["val_acc"])
+            if self.epoch > 1:
+                self._plan(epoch_total)
+            if d.main:
+                self._log(row, writer)
+                metrics = {**row, "best_val_acc": self.best, "val_split": r.val_split}
+                if improved:
+                    self.save("best", metrics)
+                self.save("last", metrics)
+                self._save_state()
+            if self.max_minutes and self.epoch < self.planned_epochs:
+                if self.elapsed + epoch_total > self.max_minutes * 60:
+                    stop_reason = "max_minutes"
+                    break
+        if writer is not None:
+            writer.close()
+        summary = {
+            "recipe": r.name,
+            "model": r.model,
+            "epochs_done": self.epoch,
+            "epochs_planned": self.planned_epochs,
+            "best_val_acc": self.best,
+            "best_epoch": int(np.argmax([h["val_acc"] for h in self.history])) + 1 if self.history else 0,
+            "val_split": r.val_split,
+            "wall_seconds": self.elapsed,
+            "stop_reason": stop_reason,
+            "device": str(self.device),
+            "world_size": d.world,
+            "out": str(self.out),
+        }
+        if d.main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def fit(
+    recipe: Recipe,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str = "auto",
+    resume: bool = False,
+    max_minutes: float | None = None,
+    init_from: str | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Train `recipe` on the dataset at `data`, writing checkpoints and logs under `out`."""
+    trainer = Trainer(recipe, data, out, device, resume, max_minutes, init_from, progress)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,65 @@
+"""Shared synthetic-data fixtures (no real FER2013 data is ever written into the repo)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def ferkit_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh ``FERKIT_CACHE`` folder for the test (nothing goes to ~/.cache)."""
+    folder = tmp_path_factory.mktemp("ferkit-cache")
+    monkeypatch.setenv("FERKIT_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def make_images():
+    """``make_images(n, seed=0, smooth=False)``: n distinct uint8 48 x 48 images.
+
+    ``smooth`` gives gentle gradients that survive JPEG almost unchanged.
+    """
+
+    def make(n: int, seed: int = 0, smooth: bool = False) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        if not smooth:
+            return rng.integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+        y, x = np.mgrid[0:48, 0:48] / 47.0
+        out = []
+        for i in range(n):
+            a, b = rng.uniform(-60, 60, size=2)
+            out.append(np.clip(40 + 4 * i + a * x + b * y + 60, 0, 255))
+        return np.rint(np.stack(out)).astype(np.uint8)
+
+    return make
+
+
+@pytest.fixture
+def write_csv():
+    """``write_csv(path, header, rows, crlf=False, quote=False)``: a CSV, compressed by suffix.
+
+    ``rows`` are lists of fields; an ``np.ndarray`` field is written as space-separated pixels.
+    """
+
+    def write(path, header, rows, crlf: bool = False, quote: bool = False) -> Path:
+        path = Path(path)
+
+        def cell(v) -> str:
+            s = " ".join(map(str, v.ravel().tolist())) if isinstance(v, np.ndarray) else str(v)
+            return f'"{s}"' if quote else s
+
+        end = "\r\n" if crlf else "\n"
+        lines = [header] + [",".join(cell(v) for v in row) for row in rows]
+        data = (end.join(lines) + end).encode()
+        opener = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(opener.get(path.suffix, bytes)(data))
+        return path
+
+    return write

@@ -1,0 +1,559 @@
+"""Tests for ferkit.data: every layout, the cache, packs, FER+, bad input, and the data check.
+
+All data here is synthetic, written in tmp_path. The ``realdata`` tests read the user's own
+FER2013 copy from ``$FERKIT_DATA`` (the folder holding ``fer2013/``) and skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.data import (
+    FER2013_CLASSES,
+    FERPLUS_CLASSES,
+    DataError,
+    FaceSet,
+    folders,
+    load,
+    load_ferplus,
+    read_fer2013_csv,
+    readers,
+)
+from ferkit.data.check import check_report, format_check, warn_if_resplit
+from ferkit.data.ferplus import VOTE_COLUMNS, majority_targets
+
+pytestmark = pytest.mark.usefixtures("ferkit_cache")
+
+USAGES = ["Training", "Training", "Training", "PublicTest", "PublicTest", "PrivateTest"]
+LABELS = [0, 3, 6, 2, 5, 1]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def save_png(path: Path, img: Image.Image | np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (Image.fromarray(img) if isinstance(img, np.ndarray) else img).save(path)
+    return path
+
+
+@pytest.fixture
+def icml(tmp_path, make_images, write_csv):
+    """``icml(name)``: a 6-row FER2013 CSV at tmp_path/name; returns (path, images)."""
+
+    def make(name: str = "fer2013.csv", folder: Path | None = None):
+        images = make_images(len(LABELS))
+        rows = [[lab, img, use] for lab, img, use in zip(LABELS, images, USAGES, strict=True)]
+        path = write_csv((folder or tmp_path) / name, "emotion,pixels,Usage", rows)
+        return path, images
+
+    return make
+
+
+def assert_rows(faces: FaceSet, images, labels=LABELS, splits=USAGES) -> None:
+    np.testing.assert_array_equal(faces.images, images)
+    assert faces.labels.tolist() == list(labels)
+    assert faces.splits.tolist() == list(splits)
+
+
+# ---- CSV layouts ----
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".xz"])
+def test_fer2013_csv_plain_and_compressed(icml, tmp_path, suffix):
+    path, images = icml("fer2013.csv" + suffix)
+    faces = load(path)
+    assert_rows(faces, images)
+    assert faces.index.tolist() == list(range(6))
+    assert faces.info["layout"] == "fer2013-csv"
+    assert faces.info["canonical"] is False  # synthetic, so not the ICML file's md5
+    # the folder holding it reads the same
+    from_folder = load(tmp_path)
+    assert_rows(from_folder, images)
+    assert from_folder.info["folder"] == str(tmp_path)
+
+
+def test_fer2013_subfolder_is_found(icml, tmp_path):
+    _, images = icml("fer2013.csv.gz", folder=tmp_path / "fer2013")
+    assert_rows(load(tmp_path), images)
+
+
+def test_icml_face_data_csv(tmp_path, make_images, write_csv):
+    images = make_images(6)
+    rows = [
+        [f" {lab}", f" {use}", img] for lab, img, use in zip(LABELS, images, USAGES, strict=True)
+    ]
+    write_csv(tmp_path / "icml_face_data.csv", "emotion, Usage, pixels", rows)
+    faces = load(tmp_path)
+    assert_rows(faces, images)
+    assert faces.info["layout"] == "icml_face_data-csv"
+
+
+def test_kaggle_train_and_test_csv(tmp_path, make_images, write_csv):
+    train_imgs, test_imgs = make_images(4, seed=1), make_images(6, seed=2)
+    write_csv(
+        tmp_path / "train.csv",
+        '"emotion","pixels"',
+        [[lab, img] for lab, img in zip([0, 1, 2, 6], train_imgs, strict=True)],
+        crlf=True,
+        quote=True,
+    )
+    write_csv(
+        tmp_path / "test.csv", '"pixels"', [[img] for img in test_imgs], crlf=True, quote=True
+    )
+    faces = load(tmp_path)
+    np.testing.assert_array_equal(faces.images, np.concatenate([train_imgs, test_imgs]))
+    assert faces.labels.tolist() == [0, 1, 2, 6] + [-1] * 6
+    assert faces.splits.tolist() == ["Training"] * 4 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
+    assert faces.index.tolist() == list(range(10))  # the ICML row numbers, for FER+
+    assert faces.info["layout"] == "kaggle-train-test-csv"
+    assert "first 3 rows are taken as PublicTest" in faces.info["split_assumption"]
+    assert faces.info["canonical"] is None
+
+
+def test_kaggle_needs_both_files(tmp_path, make_images, write_csv):
+    write_csv(tmp_path / "train.csv", "emotion,pixels", [[0, make_images(1)[0]]])
+    with pytest.raises(DataError, match="train.csv but not test.csv"):
+        load(tmp_path)
+    with pytest.raises(DataError, match="no 'Usage' column.*pass the folder"):
+        load(tmp_path / "train.csv")
+
+
+# ---- image-folder layouts ----
+
+
+def test_image_folders_train_test(tmp_path, make_images):
+    imgs = make_images(5, smooth=True)
+    save_png(tmp_path / "train/angry/Training_10.png", imgs[0])
+    save_png(tmp_path / "train/happy/Training_2.png", imgs[1])
+    for i, name in [(2, "test/sad/PrivateTest_7.jpg"), (3, "test/sad/PublicTest_8.jpg")]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(imgs[i]).save(tmp_path / name, quality=95)
+    save_png(tmp_path / "test/neutral/PublicTest_1.png", imgs[4])
+    faces = load(tmp_path)
+    assert faces.info["layout"] == "image-folders-train-test"
+    assert faces.info["canonical"] is None
+    assert faces.splits.tolist() == [
+        "Training",
+        "Training",
+        "PublicTest",
+        "PublicTest",
+        "PrivateTest",
+    ]
+    assert faces.labels.tolist() == [0, 3, 4, 6, 4]  # by split, then class
+    np.testing.assert_array_equal(faces.images[[0, 1, 3]], imgs[[0, 1, 4]])  # PNG: exact
+    jpeg_error = np.abs(faces.images[[2, 4]].astype(int) - imgs[[3, 2]].astype(int))
+    assert jpeg_error.mean() < 2  # JPEG q95 of smooth images: nearly exact
+
+
+def test_test_image_without_prefix(tmp_path, make_images, capsys):
+    imgs = make_images(3)
+    save_png(tmp_path / "train/fear/a.png", imgs[0])
+    save_png(tmp_path / "test/fear/PublicTest_1.png", imgs[1])
+    bad = save_png(tmp_path / "test/fear/img_2.png", imgs[2])
+    with pytest.raises(DataError, match=r"img_2\.png: a test/ image name must start with"):
+        load(tmp_path)
+    faces = load(tmp_path, skip_bad=True)
+    assert faces.splits.tolist() == ["Training", "PublicTest"]
+    assert len(faces.info["skipped"]) == 1 and str(bad) in faces.info["skipped"][0]
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_train_validation_folders_warn(tmp_path, make_images, capsys):
+    imgs = make_images(3)
+    save_png(tmp_path / "train/surprise/1.png", imgs[0])
+    save_png(tmp_path / "train/disgust/2.png", imgs[1])
+    save_png(tmp_path / "validation/happy/3.png", imgs[2])
+    faces = load(tmp_path)
+    assert faces.info["layout"] == "image-folders-train-validation"
+    assert faces.splits.tolist() == ["Training", "Training", "validation"]
+    assert faces.labels.tolist() == [1, 5, 3]
+    assert "re-split" in faces.info["resplit_warning"]
+    assert "PrivateTest" in faces.info["resplit_warning"]
+    message = warn_if_resplit(faces, "validation")
+    assert message and "re-split" in message and message in capsys.readouterr().err
+    assert warn_if_resplit(faces, "Training") is None
+    assert warn_if_resplit(faces, ["Training", "validation"], quiet=True) == message
+    assert capsys.readouterr().err == ""
+
+
+def test_generic_class_folders_aliases_and_modes(tmp_path, make_images):
+    g = make_images(7)
+    save_png(tmp_path / "Anger/l.png", g[0])
+    save_png(tmp_path / "disgusted/rgb.png", np.stack([g[1]] * 3, axis=-1))
+    rgba = np.dstack([g[2], g[2], g[2], np.full((48, 48), 128, np.uint8)])
+    save_png(tmp_path / "fearful/rgba.png", rgba)
+    pal = Image.fromarray(g[3], mode="L").convert("P")
+    pal.putpalette([v for i in range(256) for v in (i, i, i)])
+    save_png(tmp_path / "happiness/palette.png", pal)
+    save_png(tmp_path / "sadness/16bit.png", Image.fromarray(g[4].astype(np.uint16) * 257))
+    smooth = make_images(1, smooth=True)[0]
+    save_png(tmp_path / "surprised/big.png", np.kron(smooth, np.ones((2, 2), np.uint8)))
+    save_png(tmp_path / "neutral/n.png", g[6])
+    (tmp_path / "neutral/notes.txt").write_text("not an image")
+    faces = load(tmp_path)
+    assert faces.info["layout"] == "class-folders"
+    assert set(faces.splits.tolist()) == {"all"}
+    assert faces.labels.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    np.testing.assert_array_equal(faces.images[:5], g[:5])
+    np.testing.assert_array_equal(faces.images[6], g[6])
+    assert np.abs(faces.images[5].astype(int) - smooth).mean() < 2  # 96x96 -> 48x48 bilinear
+    assert any("notes.txt" in p for p in faces.info["ignored"])
+    assert "all" in warn_if_resplit(faces, "all", quiet=True)
+
+
+def test_unknown_class_folder(tmp_path, make_images):
+    save_png(tmp_path / "happy/1.png", make_images(1)[0])
+    save_png(tmp_path / "smiling/1.png", make_images(1)[0])
+    with pytest.raises(DataError, match=r"unknown class folder.*'smiling'.*angry \(anger\)"):
+        load(tmp_path)
+
+
+def test_unreadable_images(tmp_path, make_images, capsys):
+    imgs = make_images(2)
+    save_png(tmp_path / "happy/good.png", imgs[0])
+    (tmp_path / "sad").mkdir()
+    (tmp_path / "sad/text.jpg").write_text("this is not a JPEG")
+    png = save_png(tmp_path / "sad/whole.png", imgs[1]).read_bytes()
+    (tmp_path / "sad/truncated.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(DataError, match=r"text\.jpg: unreadable image"):
+        load(tmp_path)
+    faces = load(tmp_path, skip_bad=True)
+    assert faces.labels.tolist() == [3, 4]
+    skipped = faces.info["skipped"]
+    assert len(skipped) == 2
+    assert any("text.jpg" in s for s in skipped) and any("truncated.png" in s for s in skipped)
+    err = capsys.readouterr().err
+    assert "text.jpg" in err and "truncated.png" in err
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "empty folder"),
+        (lambda p: (p / "happy").mkdir(), "no images"),
+        (lambda p: (p / "readme.md").write_text("hi"), "no FER2013 data found"),
+        (lambda p: (p / "train").mkdir(), "no test/ or validation/"),
+    ],
+)
+def test_folder_without_data(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load(tmp_path)
+
+
+# ---- pack and cache ----
+
+
+def test_pack_round_trip(icml, tmp_path, make_images):
+    path, _ = icml()
+    faces = load(path)
+    faces.soft_labels = (
+        np.random.default_rng(0).dirichlet(np.ones(7), len(faces)).astype(np.float32)
+    )
+    pack = faces.save_pack(tmp_path / "data.pack", preset=1)
+    back = load(pack)
+    for name in ("images", "labels", "splits", "index", "soft_labels"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(faces, name))
+        assert getattr(back, name).dtype == getattr(faces, name).dtype
+    assert back.class_names == faces.class_names
+    assert back.info["packed_from"] == str(path)
+
+
+def test_csv_cache(icml, tmp_path, ferkit_cache, monkeypatch):
+    path, images = icml("fer2013.csv.gz", folder=tmp_path / "data")
+    before = listing(path.parent)
+    load(path)
+    assert len(list(ferkit_cache.glob("*.npz"))) == 1  # in $FERKIT_CACHE ...
+    assert listing(path.parent) == before  # ... and nothing beside the data
+
+    def broken(*args, **kwargs):
+        raise AssertionError("parser called")
+
+    monkeypatch.setattr(readers, "read_fer2013_csv", broken)
+    assert_rows(load(path), images)  # from the cache
+    with pytest.raises(AssertionError, match="parser called"):
+        load(path, cache=False)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a changed file is re-read
+    with pytest.raises(AssertionError, match="parser called"):
+        load(path)
+
+
+def test_folder_cache(tmp_path, make_images, ferkit_cache, monkeypatch):
+    imgs = make_images(3)
+    for i, cls in enumerate(["angry", "fear", "sad"]):
+        save_png(tmp_path / "data" / cls / f"{i}.png", imgs[i])
+    before = listing(tmp_path / "data")
+    first = load(tmp_path / "data")
+    assert listing(tmp_path / "data") == before and list(ferkit_cache.glob("*.npz"))
+
+    def broken(path):
+        raise AssertionError("image reader called")
+
+    monkeypatch.setattr(folders, "read_image", broken)
+    np.testing.assert_array_equal(load(tmp_path / "data").images, first.images)
+    save_png(tmp_path / "data/happy/3.png", imgs[0])  # a new file invalidates the entry
+    with pytest.raises(AssertionError, match="image reader called"):
+        load(tmp_path / "data")
+
+
+def test_skipped_rows_reported_on_cache_hits_too(icml, tmp_path, write_csv, make_images, capsys):
+    rows = [[0, make_images(1)[0], "Training"], [9, make_images(1)[0], "Training"]]
+    path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", rows)
+    for _ in range(2):
+        assert len(load(path, skip_bad=True)) == 1
+        assert "line 3: emotion '9'" in capsys.readouterr().err
+
+
+# ---- bad input ----
+
+GOOD = " ".join(["7"] * 2304)
+BAD_ROWS = [
+    (["0", " ".join(["7"] * 2303), "Training"], "expected 2304 pixel values (48x48), got 2303"),
+    (["0", " ".join(["7"] * 2303 + ["1.5"]), "Training"], "pixel value '1.5' is not an integer"),
+    (["0", " ".join(["7"] * 2303 + ["256"]), "Training"], "pixel value 256 outside 0..255"),
+    (["7", GOOD, "Training"], "emotion '7' is not an integer in 0..6"),
+    (["x", GOOD, "Training"], "emotion 'x' is not an integer in 0..6"),
+    (["\u00b2", GOOD, "Training"], "emotion '\u00b2' is not an integer in 0..6"),
+    (["0", " ".join(["7"] * 2303 + ["9" * 30]), "Training"], f"pixel value {'9' * 30} outside"),
+    (["0", GOOD, "Validation"], "Usage 'Validation' is not one of"),
+    (["0", GOOD], "expected 3 fields"),
+]
+
+
+@pytest.mark.parametrize(("row", "message"), BAD_ROWS)
+def test_bad_row(tmp_path, write_csv, row, message):
+    good = ["3", GOOD, "PublicTest"]
+    path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", [good, row, good])
+    with pytest.raises(DataError) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path}, line 3: ") and message in str(err.value)
+    faces = load(path, skip_bad=True)
+    assert faces.index.tolist() == [0, 2] and faces.labels.tolist() == [3, 3]
+    assert len(faces.info["skipped"]) == 1 and message in faces.info["skipped"][0]
+
+
+def test_skip_bad_reports_every_bad_row(tmp_path, write_csv, capsys):
+    rows = [row for row, _ in BAD_ROWS] + [["1", GOOD, "PrivateTest"]]
+    path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", rows)
+    faces = read_fer2013_csv(path, skip_bad=True)
+    assert len(faces) == 1 and faces.splits.tolist() == ["PrivateTest"]
+    assert len(faces.info["skipped"]) == len(BAD_ROWS)
+    for (_, message), reported in zip(BAD_ROWS, faces.info["skipped"], strict=True):
+        assert message in reported
+    load(path, skip_bad=True)
+    assert capsys.readouterr().err.count("ferkit: skipped") == len(BAD_ROWS)
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "message"),
+    [
+        ("emotion,Usage", [["0", "Training"]], "no 'pixels' column"),
+        ("emotion,pixels", [["0", GOOD]], "no 'Usage' column"),
+        (None, [], "empty file"),
+        ("emotion,pixels,Usage", [], "no data rows"),
+    ],
+)
+def test_bad_file(tmp_path, write_csv, header, rows, message):
+    path = tmp_path / "fer2013.csv"
+    if header is None:
+        path.write_bytes(b"")
+    else:
+        write_csv(path, header, rows)
+    with pytest.raises(DataError, match=message):
+        load(path, skip_bad=True)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        load(tmp_path / "nope.csv")
+
+
+# ---- FER+ ----
+
+
+def votes_row(**counts) -> list[int]:
+    return [counts.get(c, 0) for c in VOTE_COLUMNS]
+
+
+FERPLUS_CASES = [  # votes, expected label (-1: dropped)
+    (votes_row(neutral=8, happiness=1, surprise=1), 0),  # single votes dropped as outliers
+    (votes_row(happiness=5, neutral=1, surprise=1, sadness=1, anger=1, fear=1), 1),  # 5 of 5
+    (votes_row(neutral=4, happiness=3, sadness=3), -1),  # no majority (4 of 10)
+    (votes_row(neutral=5, happiness=5), -1),  # tie: 5 is not more than half of 10
+    (votes_row(neutral=3, happiness=3, surprise=1, anger=1, fear=1, sadness=1), -1),  # tie
+    (votes_row(unknown=6, neutral=4), -1),  # unknown majority
+    (votes_row(NF=10), -1),  # not a face
+    (votes_row(contempt=6, anger=4), 7),  # contempt is the 8th class
+    (votes_row(neutral=1, happiness=1, surprise=1, sadness=1, anger=1, fear=1, disgust=1), -1),
+    (votes_row(fear=6, surprise=2, unknown=2), 6),  # 6 of 10
+]
+
+
+def test_ferplus_majority_rule(tmp_path, make_images, write_csv):
+    votes = np.array([v for v, _ in FERPLUS_CASES], dtype=np.float32)
+    expected = [lab for _, lab in FERPLUS_CASES]
+    labels, keep = majority_targets(votes)
+    assert labels.tolist() == expected and keep.tolist() == [e >= 0 for e in expected]
+
+    n = len(FERPLUS_CASES)
+    usage = (["Training"] * 6 + ["PublicTest"] * 2 + ["PrivateTest"] * 2)[:n]
+    faces = FaceSet(images=make_images(n), labels=np.zeros(n), splits=np.array(usage))
+    header = "Usage,Image name," + ",".join(VOTE_COLUMNS)
+    rows = [
+        [u, f"fer{i:07d}.png", *v]
+        for i, (u, (v, _)) in enumerate(zip(usage, FERPLUS_CASES, strict=True))
+    ]
+    votes_csv = write_csv(tmp_path / "fer2013new.csv", header, rows)
+    plus = load_ferplus(faces, votes_csv)
+    assert plus.class_names == FERPLUS_CLASSES and len(FERPLUS_CLASSES) == 8
+    assert plus.labels.tolist() == [e for e in expected if e >= 0]
+    assert plus.index.tolist() == [i for i, e in enumerate(expected) if e >= 0]
+    assert plus.info["ferplus_dropped"] == expected.count(-1)
+    np.testing.assert_allclose(plus.soft_labels.sum(axis=1), 1.0, rtol=1e-6)
+    assert plus.soft_labels.shape == (len(plus), 8)
+    assert plus.soft_labels[plus.labels == 7][0, 7] == pytest.approx(0.6)
+
+    # joined by the original row index, also after rows were dropped
+    sub = load_ferplus(faces.select(np.array([7, 9])), votes_csv)
+    assert sub.labels.tolist() == [7, 6] and sub.index.tolist() == [7, 9]
+
+    wrong = [
+        [("PublicTest" if i == 0 else u), *r[1:]]
+        for i, (u, r) in enumerate(zip(usage, rows, strict=True))
+    ]
+    with pytest.raises(DataError, match="Usage disagrees"):
+        load_ferplus(faces, write_csv(tmp_path / "wrong.csv", header, wrong))
+
+
+# ---- data check ----
+
+
+def test_check_report_counts(make_images):
+    a, b, c, d = make_images(4)
+    zeros, grey = np.zeros((48, 48), np.uint8), np.full((48, 48), 128, np.uint8)
+    rows = [  # image, label, split
+        (a, 0, "Training"),
+        (a, 0, "Training"),
+        (a, 1, "Training"),  # a: conflicting labels 0/1/5
+        (b, 2, "Training"),
+        (b, 2, "PublicTest"),  # b: PublicTest row also in Training
+        (c, 3, "PublicTest"),
+        (c, -1, "PrivateTest"),  # c: -1 ignored, no conflict; PrivateTest row also in PublicTest
+        (d, 4, "PrivateTest"),
+        (zeros, 6, "Training"),
+        (grey, 6, "PrivateTest"),
+        (a, 5, "PrivateTest"),  # PrivateTest row also in Training
+        (b, 2, "validation"),  # another split name comes last
+    ]
+    faces = FaceSet(
+        images=np.stack([r[0] for r in rows]),
+        labels=np.array([r[1] for r in rows]),
+        splits=np.array([r[2] for r in rows]),
+        info={"layout": "test", "canonical": None},
+    )
+    report = check_report(faces)
+    json.dumps(report)  # JSON-able
+    assert report["num_images"] == 12
+    assert report["layout"] == "test" and report["canonical_md5"] is None
+    assert list(report["splits"]) == ["Training", "PublicTest", "PrivateTest", "validation"]
+    assert report["splits"]["Training"] == {
+        "total": 5,
+        "classes": dict(zip(FER2013_CLASSES, [2, 1, 1, 0, 0, 0, 1], strict=True)),
+    }
+    assert report["splits"]["PrivateTest"]["total"] == 4
+    assert report["splits"]["PrivateTest"]["unlabeled"] == 1
+    assert report["splits"]["PrivateTest"]["classes"]["surprise"] == 1
+    assert report["distinct_images"] == 6
+    assert report["duplicate_groups"] == 3  # a x4, b x3, c x2
+    assert report["duplicate_extra_copies"] == 3 + 2 + 1
+    assert report["conflicting_label_groups"] == 1
+    assert report["cross_split_overlap"] == {
+        "Training": {},
+        "PublicTest": {"Training": 1},
+        "PrivateTest": {"Training": 1, "PublicTest": 1},
+        "validation": {"Training": 1, "PublicTest": 1, "PrivateTest": 0},
+    }
+    assert report["constant_images"] == 2
+    assert report["examples"]["constant_images"] == [8, 9]
+    assert report["examples"]["conflicting_label_groups"] == [[[0, 0], [1, 0], [2, 1], [10, 5]]]
+
+    text = format_check(report)
+    for line in [
+        "exact duplicates: 3 groups of 2+ identical images, 6 extra copies",
+        "conflicting labels: 1",
+        "constant images (all pixels equal): 2",
+        "PrivateTest rows also in PublicTest: 1",
+    ]:
+        assert line in text
+    assert text.splitlines()[3].split() == ["split", "total", *FER2013_CLASSES, "unlabeled"]
+    assert "Training" in text and "all" in text
+
+
+# ---- real data (the user's own copy; never in the repo) ----
+
+README_COUNTS = {  # /work/shared/data/README.md: total, then the 7 classes
+    "Training": (28709, [3995, 436, 4097, 7215, 4830, 3171, 4965]),
+    "PublicTest": (3589, [467, 56, 496, 895, 653, 415, 607]),
+    "PrivateTest": (3589, [491, 55, 528, 879, 594, 416, 626]),
+}
+
+
+@pytest.fixture(scope="module")
+def real_root() -> Path:
+    root = os.environ.get("FERKIT_DATA")
+    if not root:
+        pytest.skip("FERKIT_DATA is not set (the folder holding fer2013/fer2013.csv.gz)")
+    return Path(root)
+
+
+@pytest.fixture(scope="module")
+def real_faces(real_root) -> FaceSet:
+    return load(real_root, cache=False)  # the folder finds fer2013/fer2013.csv.gz
+
+
+@pytest.mark.realdata
+def test_real_counts_and_md5(real_faces):
+    assert real_faces.info["canonical"] is True
+    assert real_faces.info["layout"] == "fer2013-csv"
+    assert len(real_faces) == 35887
+    for split, (total, counts) in README_COUNTS.items():
+        part = real_faces.subset(split)
+        assert len(part) == total
+        assert list(part.class_counts().values()) == counts
+    assert real_faces.index.tolist() == list(range(35887))
+
+
+@pytest.mark.realdata
+def test_real_ferplus(real_faces, real_root):
+    plus = load_ferplus(real_faces, real_root / "fer2013" / "fer2013new.csv")  # checks Usage
+    assert plus.class_names == FERPLUS_CLASSES and plus.soft_labels.shape == (len(plus), 8)
+    assert set(np.unique(plus.labels).tolist()) == set(range(8))
+    assert 30000 < len(plus) < 35887
+    np.testing.assert_allclose(plus.soft_labels.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(plus.splits, real_faces.splits[plus.index])
+    print(f"\nFER+ majority: {len(plus)} kept, {plus.info['ferplus_dropped']} dropped")
+
+
+@pytest.mark.realdata
+def test_real_check_report(real_faces):
+    start = time.perf_counter()
+    report = check_report(real_faces)
+    seconds = time.perf_counter() - start
+    assert seconds < 60
+    assert report["canonical_md5"] is True
+    assert {s: e["total"] for s, e in report["splits"].items()} == {
+        s: total for s, (total, _) in README_COUNTS.items()
+    }
+    overlap = report["cross_split_overlap"]
+    assert overlap["PublicTest"]["Training"] > 0 and overlap["PrivateTest"]["Training"] > 0
+    assert report["duplicate_groups"] > 0 and report["conflicting_label_groups"] > 0
+    print(f"\ncheck_report in {seconds:.2f} s\n{format_check(report)}")
