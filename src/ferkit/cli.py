@@ -21,6 +21,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(
+        args.checkpoint, args.data, split=args.split, tta=args.tta, device=args.device,
+        out=args.out, ferplus=args.ferplus,
+    )
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['model']} on {report['split']} ({report['num_samples']} images, "
+          f"TTA {report['tta']}): accuracy {report['accuracy']:.4f}, macro-F1 "
+          f"{report['macro_f1']:.4f}, ECE {report['ece']:.4f}")
+    print(f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for name, c in report["per_class"].items():
+        print(f"{name:<12} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>6.3f} "
+              f"{c['support']:>8}")
+    if args.out:
+        print(f"report written to {args.out}")
+    return 0
+
+
 def _cmd_data_pack(args: argparse.Namespace) -> int:
     from .data import load
 
@@ -75,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly (with a checkpoint) before an epoch that would not fit")
     t.add_argument("--init-from", default=None, help="checkpoint to fine-tune from")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="score a checkpoint on a split")
+    e.add_argument("--checkpoint", required=True, help="checkpoint path (with or without suffix)")
+    e.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
+    e.add_argument("--split", default="PrivateTest")
+    e.add_argument("--tta", default="none", choices=["none", "flip", "ten-crop"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="folder for JSON, PNG plots and report.md")
+    e.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=_cmd_eval)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
                                                                    required=True)

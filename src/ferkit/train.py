@@ -330,7 +330,7 @@ class Trainer:
 
             steps = tqdm(steps, desc=f"epoch {self.epoch + 1}/{self.planned_epochs}",
                          leave=False, dynamic_ncols=True)
-        t0 = time.perf_counter()
+        t0 = last_note = time.perf_counter()
         for step in steps:
             # the whole global batch is drawn and augmented on every rank, then each rank
             # keeps its slice: results do not depend on the number of processes
@@ -370,6 +370,13 @@ class Trainer:
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == labels).sum()
             self.global_step += 1
+            if not self.progress and d.main and time.perf_counter() - last_note > 300:
+                # no progress bar in a log file: a line every five minutes instead
+                last_note = time.perf_counter()
+                rate = (step + 1) * r.batch_size / (last_note - t0)
+                eta = (self.steps_per_epoch - step - 1) * r.batch_size / rate
+                print(f"epoch {self.epoch + 1}: step {step + 1}/{self.steps_per_epoch}, "
+                      f"{rate:.0f} img/s, epoch ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
         n_local = self.steps_per_epoch * local
         stats = torch.stack([loss_sum / self.steps_per_epoch, correct / n_local])
         if d.world > 1:

@@ -1,0 +1,144 @@
+"""`evaluate(checkpoint, data, split, tta)`: metrics JSON, plots and a Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import normalize, tta_views
+from .checkpoint import load_checkpoint
+from .data import DataError, FaceSet, load, load_ferplus
+from .data.check import warn_if_resplit
+from .metrics import (
+    classification_report,
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_training_curves,
+    write_markdown_report,
+)
+from .train import resolve_device
+
+TTA_MODES = ("none", "flip", "ten-crop")
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    tta: str = "none",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Class probabilities (N x C) for uint8 N x 48 x 48 faces, averaged over TTA views."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {tta!r}; use one of {TTA_MODES}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    data = torch.as_tensor(images)
+    batches = range(0, len(data), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"predict (tta {tta})", unit="batch", file=sys.stderr)
+    out = []
+    for i in batches:
+        x = normalize(data[i : i + batch_size].to(device))
+        views = tta_views(x, tta)
+        v, n = views.shape[:2]
+        flat = views.reshape(v * n, *views.shape[2:]).contiguous(memory_format=torch.channels_last)
+        probs = torch.softmax(model(flat).float(), dim=1).reshape(v, n, -1).mean(0)
+        out.append(probs.cpu())
+    return torch.cat(out).numpy()
+
+
+def _ferplus_votes(meta: dict, data: Path, votes: str | None) -> Path:
+    if votes:
+        return Path(votes)
+    name = Path(meta["recipe"].get("ferplus_csv") or "fer2013new.csv").name
+    for folder in (data if data.is_dir() else data.parent, data / "fer2013", data.parent):
+        if (folder / name).exists():
+            return folder / name
+    raise DataError(
+        f"this checkpoint was trained on FER+: pass --ferplus PATH to {name} (not found beside {data})"
+    )
+
+
+def load_eval_data(meta: dict, data: str | os.PathLike, ferplus: str | None = None) -> FaceSet:
+    """The dataset the checkpoint's class set needs (FER2013, or FER+ joined by row index)."""
+    data = Path(data)
+    faces = load(data)
+    if meta.get("recipe", {}).get("dataset") == "ferplus":
+        faces = load_ferplus(faces, _ferplus_votes(meta, data, ferplus))
+    if list(faces.class_names) != list(meta["class_names"]):
+        raise DataError(
+            f"{data}: classes {list(faces.class_names)} differ from the checkpoint's "
+            f"{meta['class_names']}"
+        )
+    return faces
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str = "PrivateTest",
+    tta: str = "none",
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+    ferplus: str | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Metrics of `checkpoint` on `split` of `data`; with `out`, also JSON, PNGs, report.md."""
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    faces = load_eval_data(meta, data, ferplus)
+    warn_if_resplit(faces, split)
+    subset = faces.subset(split)
+    if (subset.labels < 0).any():
+        raise DataError(f"{data}: split {split} has unlabelled rows; it cannot be scored")
+    show = sys.stderr.isatty() if progress is None else progress
+    probs = predict_probs(model, subset.images, tta, device=dev, progress=show)
+    report = classification_report(probs, subset.labels, list(meta["class_names"]))
+    report.update(
+        split=split,
+        tta=tta,
+        checkpoint=str(checkpoint),
+        model=meta["model"],
+        data=str(data),
+        data_md5=faces.info.get("md5"),
+        trained_epochs=meta.get("metrics", {}).get("epoch"),
+        val_acc=meta.get("metrics", {}).get("val_acc"),
+    )
+    if out is not None:
+        write_outputs(report, Path(out), Path(checkpoint))
+    return report
+
+
+def write_outputs(report: dict, out: Path, checkpoint: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['split']}-{report['tta']}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    images = {}
+    try:
+        plot_confusion_matrix(report, out / f"{stem}-confusion.png",
+                              title=f"{report['model']} on {report['split']} (TTA {report['tta']})")
+        plot_reliability(report, out / f"{stem}-reliability.png")
+        images = {"Confusion matrix": f"{stem}-confusion.png",
+                  "Reliability diagram": f"{stem}-reliability.png"}
+        log = checkpoint.parent / "metrics.jsonl"
+        if log.exists():
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            plot_training_curves(rows, out / "training-curves.png")
+            images["Training curves"] = "training-curves.png"
+    except ImportError as exc:
+        print(f"ferkit: plots skipped ({exc})", file=sys.stderr)
+    write_markdown_report(
+        report, out / "report.md", title=f"{report['model']}: {report['split']}",
+        extra={k: report[k] for k in ("split", "tta", "checkpoint", "data", "trained_epochs")},
+        images=images,
+    )
