@@ -43,6 +43,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    table = reproduce(args.recipes, args.data, args.out, overrides=args.set, device=args.device,
+                      max_minutes=args.max_minutes, ferplus=args.ferplus)
+    print(table.read_text(), end="")
+    return 0
+
+
 def _cmd_data_pack(args: argparse.Namespace) -> int:
     from .data import load
 
@@ -108,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=_cmd_eval)
+
+    rp = sub.add_parser("reproduce", help="train recipes, score PrivateTest once, write a table")
+    rp.add_argument("--recipes", nargs="+", required=True, help="recipe YAML files")
+    rp.add_argument("--data", required=True, help="the full dataset (PrivateTest is scored)")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--max-minutes", type=float, default=None, help="per recipe")
+    rp.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ recipes")
+    rp.set_defaults(func=_cmd_reproduce)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
                                                                    required=True)

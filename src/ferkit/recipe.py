@@ -56,7 +56,11 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
-        if TEST_SPLIT in self.train_splits or self.val_split == TEST_SPLIT:
+        if isinstance(self.train_splits, str):
+            self.train_splits = [self.train_splits]
+        # a list val_split (FaceSet.subset takes one) must not smuggle the test split in
+        val = [self.val_split] if isinstance(self.val_split, str) else list(self.val_split)
+        if TEST_SPLIT in self.train_splits or TEST_SPLIT in val:
             raise ValueError(
                 f"recipe {self.name!r} trains or selects on {TEST_SPLIT}: that split is the "
                 "held-out test set, reported once after training. Train on Training and select "

@@ -298,6 +298,12 @@ class Trainer:
         for key in ("epoch", "global_step", "best", "plateau_scale", "plateau_bad",
                     "planned_epochs", "elapsed", "history"):
             setattr(self, key, s[key])
+        # the recipe given now sets the run's length (e.g. --set epochs=N to extend a run);
+        # with a time budget, re-fit the plan to the time left at the mean epoch time so far
+        if self.recipe.time_budget_minutes and self.epoch:
+            self._plan(self.elapsed / self.epoch)
+        else:
+            self.planned_epochs = self.recipe.epochs
 
     # ---- one epoch ----
 

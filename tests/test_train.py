@@ -1,0 +1,487 @@
+"""Training (`ferkit.train.fit`), checkpoints, the CLI, the GPU script and evaluation.
+
+Everything runs on the CPU with a tiny BatchNorm-free CNN (registered here under a test-only
+name) and a synthetic dataset that is learnable in a few epochs: each class puts a bright
+horizontal bar at its own height (hflip leaves it unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ferkit.checkpoint import load_checkpoint, save_checkpoint
+from ferkit.data import FaceSet, load
+from ferkit.models import list_models
+from ferkit.models.registry import register
+from ferkit.recipe import Recipe
+from ferkit.train import fit
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "test_tiny_cnn"
+
+
+class TinyCNN(nn.Module):
+    """Two strided convolutions, a pool that keeps 8 row bands, a linear head (~2k params)."""
+
+    def __init__(self, num_classes: int = 7, in_chans: int = 1, width: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, width, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((8, 1))
+        self.head = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(self.pool(x).flatten(1))
+
+
+def register_tiny() -> None:
+    if TINY not in list_models():
+        register(TINY, TinyCNN, "test-only tiny CNN without BatchNorm")
+
+
+register_tiny()  # at import: spawned DDP workers import this module too
+
+
+def bar_faces(n_per_split: dict[str, int], class_names=None, seed: int = 0) -> FaceSet:
+    """Noise images with a bright bar whose height encodes the class."""
+    class_names = tuple(class_names) if class_names else None
+    k = len(class_names) if class_names else 7
+    rng = np.random.default_rng(seed)
+    images, labels, splits = [], [], []
+    for split, n in n_per_split.items():
+        y = np.arange(n) % k
+        rng.shuffle(y)
+        for label in y:
+            img = rng.integers(0, 90, size=(48, 48))
+            top = 2 + int(label) * (44 // k) + int(rng.integers(0, 2))
+            left = int(rng.integers(0, 12))
+            img[top : top + 4, left : left + 36] = rng.integers(190, 256, size=(4, 36))
+            images.append(img)
+        labels.append(y)
+        splits += [split] * n
+    kw = {"class_names": class_names} if class_names else {}
+    return FaceSet(
+        np.stack(images).astype(np.uint8), np.concatenate(labels), np.array(splits), **kw
+    )
+
+
+SPLITS = {"Training": 200, "PublicTest": 60, "PrivateTest": 60}
+
+
+def tiny_recipe(**overrides) -> Recipe:
+    d = dict(
+        name="tiny",
+        model=TINY,
+        epochs=4,
+        batch_size=20,
+        lr=0.01,
+        optimizer="adam",
+        schedule="constant",
+        eval_batch_size=64,
+        seed=0,
+        augment={
+            "hflip": 0.5,
+            "rotation": 3.0,
+            "scale": [1.0, 1.0],
+            "shear": 0.0,
+            "translate": 0.02,
+        },
+    )
+    d.update(overrides)
+    return Recipe(**d)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("fkc")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def pack(env, tmp_path_factory) -> Path:
+    return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)
+
+
+@pytest.fixture(scope="module")
+def trained(pack, tmp_path_factory):
+    """One 6-epoch run shared by the checks that only read its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    summary = fit(tiny_recipe(epochs=6), pack, out, device="cpu", progress=False)
+    return out, summary
+
+
+def read_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path.with_suffix(".safetensors")))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+# ---- (a) it learns ----
+
+
+def test_fit_learns(trained):
+    out, summary = trained
+    rows = read_rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    # chance is 1/7; the bars are easy
+    assert summary["best_val_acc"] >= 0.6
+    assert max(r["val_acc"] for r in rows) == summary["best_val_acc"]
+    assert summary["epochs_done"] == 6 and summary["stop_reason"] == "epochs"
+    assert summary["val_split"] == "PublicTest" and summary["world_size"] == 1
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+# ---- (b) checkpoints ----
+
+
+def test_checkpoints_and_metadata(trained, tmp_path):
+    out, summary = trained
+    for name in ("best", "last"):
+        assert (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file()
+        meta = json.loads((out / f"{name}.json").read_text())
+        for key in ("model", "class_names", "recipe", "preprocessing", "metrics"):
+            assert key in meta, key
+        assert meta["model"] == TINY and len(meta["class_names"]) == 7
+        assert meta["recipe"]["epochs"] == 6 and meta["recipe"]["model"] == TINY
+        assert meta["preprocessing"]["size"] == 48
+    best = json.loads((out / "best.json").read_text())["metrics"]
+    last = json.loads((out / "last.json").read_text())["metrics"]
+    assert best["val_acc"] == summary["best_val_acc"] and best["epoch"] == summary["best_epoch"]
+    assert last["epoch"] == 6
+    # load_checkpoint gives the trained weights back, and save -> load round-trips them
+    model, meta = load_checkpoint(out / "last")
+    state = torch.load(out / "last.state.pt", weights_only=False)["model"]
+    assert_same_weights(model.state_dict(), state, atol=0)
+    save_checkpoint(model, tmp_path / "copy", meta)
+    again, meta2 = load_checkpoint(tmp_path / "copy.safetensors")
+    assert meta2 == meta
+    assert_same_weights(again.state_dict(), model.state_dict(), atol=0)
+    assert not again.training
+
+
+# ---- (c) resume ----
+
+
+def test_resume_equals_an_uninterrupted_run(pack, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    fit(tiny_recipe(epochs=4), pack, full, device="cpu", progress=False)
+    first = fit(tiny_recipe(epochs=2), pack, split, device="cpu", progress=False)
+    assert first["epochs_done"] == 2
+    summary = fit(tiny_recipe(epochs=4), pack, split, device="cpu", resume=True, progress=False)
+    assert summary["epochs_done"] == 4 and summary["epochs_planned"] == 4
+    assert_same_weights(weights(split / "last"), weights(full / "last"), atol=1e-6)
+    a, b = read_rows(full), read_rows(split)
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-6)
+        assert rb["val_acc"] == pytest.approx(ra["val_acc"], abs=1e-6)
+    # resuming a folder with nothing in it is an error, not a fresh run
+    with pytest.raises(FileNotFoundError, match="last.state.pt"):
+        fit(tiny_recipe(), pack, tmp_path / "empty", device="cpu", resume=True, progress=False)
+
+
+def test_resume_after_interruption_with_ema_and_cosine(pack, tmp_path):
+    """An interrupted run (time box after epoch 1) resumed to its end equals the
+    uninterrupted run, also with a schedule that depends on the run length and with EMA."""
+    recipe = tiny_recipe(epochs=3, schedule="cosine", warmup_epochs=0.5, ema=0.9)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    fit(recipe, pack, full, device="cpu", progress=False)
+    first = fit(recipe, pack, cut, device="cpu", max_minutes=1e-4, progress=False)
+    assert first["epochs_done"] == 1 and first["stop_reason"] == "max_minutes"
+    fit(recipe, pack, cut, device="cpu", resume=True, progress=False)
+    assert_same_weights(weights(cut / "last"), weights(full / "last"), atol=1e-6)
+    state_full = torch.load(full / "last.state.pt", weights_only=False)
+    state_cut = torch.load(cut / "last.state.pt", weights_only=False)
+    assert_same_weights(state_cut["model"], state_full["model"], atol=1e-6)
+    assert [r["lr"] for r in read_rows(cut)] == pytest.approx([r["lr"] for r in read_rows(full)])
+
+
+# ---- (d) time box ----
+
+
+def test_max_minutes_stops_after_one_epoch_with_a_checkpoint(pack, tmp_path):
+    out = tmp_path / "boxed"
+    summary = fit(tiny_recipe(epochs=5), pack, out, device="cpu", max_minutes=1e-4, progress=False)
+    assert summary["stop_reason"] == "max_minutes"
+    assert summary["epochs_done"] == 1
+    assert len(read_rows(out)) == 1
+    model, meta = load_checkpoint(out / "last")
+    assert meta["metrics"]["epoch"] == 1
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+    assert (out / "best.safetensors").is_file()
+    # the stopped run can be continued to its end
+    summary = fit(tiny_recipe(epochs=5), pack, out, device="cpu", resume=True, progress=False)
+    assert summary["epochs_done"] == 5 and summary["stop_reason"] == "epochs"
+    assert [r["epoch"] for r in read_rows(out)] == [1, 2, 3, 4, 5]
+
+
+# ---- (e) DDP on CPU (gloo) ----
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(
+    rank: int, world: int, port: int, recipe: dict, data: str, out: str, cache: str
+) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        FERKIT_CACHE=cache,
+    )
+    register_tiny()
+    fit(Recipe(**recipe), data, out, device="cpu", progress=False)
+
+
+def test_ddp_two_processes_match_one(pack, tmp_path):
+    import torch.multiprocessing as mp
+
+    recipe = tiny_recipe(epochs=2).to_dict()
+    one, two = tmp_path / "one", tmp_path / "two"
+    fit(Recipe(**recipe), pack, one, device="cpu", progress=False)
+    mp.spawn(
+        _ddp_worker,
+        args=(2, free_port(), recipe, str(pack), str(two), os.environ["FERKIT_CACHE"]),
+        nprocs=2,
+        join=True,
+    )
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_done"] == 2
+    assert_same_weights(weights(two / "last"), weights(one / "last"), atol=1e-5)
+    for ra, rb in zip(read_rows(one), read_rows(two), strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-5)
+
+
+# ---- (f) fine-tuning on a different class set ----
+
+
+def test_init_from_reinitialises_only_the_head(trained, env, tmp_path, capsys):
+    out, _ = trained
+    abc = bar_faces({"Training": 60, "PublicTest": 30}, class_names=("a", "b", "c"), seed=3)
+    data = abc.save_pack(tmp_path / "abc.fkpack", preset=1)
+    # lr 0: the weights after "training" are exactly the initial ones
+    fine = tmp_path / "fine"
+    fit(
+        tiny_recipe(epochs=1, lr=0.0),
+        data,
+        fine,
+        device="cpu",
+        init_from=str(out / "best"),
+        progress=False,
+    )
+    err = capsys.readouterr().err
+    assert "re-initialised ['head.bias', 'head.weight']" in err
+    source, _ = load_checkpoint(out / "best")
+    tuned, meta = load_checkpoint(fine / "last")
+    assert meta["class_names"] == ["a", "b", "c"]
+    s, t = source.state_dict(), tuned.state_dict()
+    for k in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"):
+        assert torch.equal(s[k], t[k]), k
+    assert t["head.weight"].shape == (3, 64) and s["head.weight"].shape == (7, 64)
+    assert not torch.equal(t["head.weight"], s["head.weight"][:3])
+    # and real fine-tuning from there learns the new classes
+    summary = fit(
+        tiny_recipe(epochs=3),
+        data,
+        tmp_path / "fine2",
+        device="cpu",
+        init_from=str(out / "best"),
+        progress=False,
+    )
+    assert summary["best_val_acc"] > 0.6
+
+
+# ---- (g) the command line ----
+
+
+def write_recipe(path: Path, **keys) -> Path:
+    r = tiny_recipe().to_dict()
+    r.pop("name")
+    r.update(keys)
+    path.write_text(json.dumps(r))  # JSON is YAML
+    return path
+
+
+def test_cli_train(pack, tmp_path, capsys):
+    from ferkit.cli import main
+
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    out = tmp_path / "cli-run"
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            str(recipe),
+            "--data",
+            str(pack),
+            "--out",
+            str(out),
+            "--set",
+            "epochs=1",
+            "batch_size=16",
+            "--device",
+            "cpu",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["epochs_done"] == 1 and summary["recipe"] == "tiny"
+    assert json.loads((out / "recipe.json").read_text())["batch_size"] == 16
+    assert (out / "best.safetensors").is_file()
+
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            str(recipe),
+            "--data",
+            str(pack),
+            "--out",
+            str(tmp_path / "bad"),
+            "--set",
+            "val_split=PrivateTest",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "PrivateTest" in captured.err and "error" in captured.err
+    assert not (tmp_path / "bad").exists()
+
+
+# ---- (h) the GPU script's CPU dry run ----
+
+
+def test_gpu_script_dry_run(pack, tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    work = tmp_path / "work"
+    (work / "recipes").mkdir(parents=True)
+    shutil.copy(REPO / "recipes" / "cpu.yaml", work / "recipes" / "cpu.yaml")
+    (work / "src").symlink_to(REPO / "src")
+    out = tmp_path / "out"
+    extra = (
+        "--set model=resnet18 model_options={depths:[1],widths:[8]} epochs=1 "
+        "batch_size=16 eval_batch_size=32"
+    )
+    env = {
+        **os.environ,
+        "EXTRA": extra,
+        "PYTHONPATH": str(REPO / "src"),
+        "OMP_NUM_THREADS": "1",
+        "FERKIT_CACHE": os.environ["FERKIT_CACHE"],
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_train.sh"), str(pack), str(out), "0.05", "cpu"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = re.search(
+        r"^RESULT cpu best_val_acc=([\d.]+) epochs=1/1 wall=\d+s stop=(\w+)$", proc.stdout, re.M
+    )
+    assert m, proc.stdout
+    assert 0 <= float(m.group(1)) <= 1
+    archive = out / "cpu.tar.gz"
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        expected = {
+            "best-fp16.safetensors",
+            "best-fp16.json",
+            "metrics.jsonl",
+            "summary.json",
+            "train.log",
+            "recipe.json",
+            "last.json",
+        }
+        assert expected <= names, names
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    unpacked = tmp_path / "unpacked"
+    fp16 = load_file(str(unpacked / "best-fp16.safetensors"))
+    assert all(v.dtype == torch.float16 for v in fp16.values() if v.is_floating_point())
+    model, meta = load_checkpoint(unpacked / "best-fp16")
+    assert meta["model"] == "resnet18" and meta["model_options"] == {"depths": [1], "widths": [8]}
+    assert meta["recipe"]["time_budget_minutes"] == 0.05
+    assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 7) and len(read_rows(unpacked)) == 1
+    assert not (out / "runs").exists()  # removed unless KEEP_RUNS=1
+
+
+# ---- evaluation of the trained checkpoint ----
+
+
+def test_evaluate_matches_a_direct_computation(trained, pack, tmp_path):
+    from ferkit.evaluate import evaluate, predict_probs
+
+    out, _ = trained
+    report = evaluate(out / "best", pack, split="PrivateTest", device="cpu", progress=False)
+    model, _ = load_checkpoint(out / "best")
+    test = load(pack).subset("PrivateTest")
+    probs = predict_probs(model, test.images)
+    assert probs.shape == (60, 7)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    direct = float((probs.argmax(1) == test.labels).mean())
+    assert report["accuracy"] == pytest.approx(direct)
+    assert report["num_samples"] == 60 and report["split"] == "PrivateTest"
+    assert report["accuracy"] > 0.4  # the bars generalise to the held-out split
+
+    flip = evaluate(
+        out / "best",
+        pack,
+        split="PrivateTest",
+        tta="flip",
+        device="cpu",
+        out=tmp_path / "report",
+        progress=False,
+    )
+    assert flip["tta"] == "flip" and 0 <= flip["accuracy"] <= 1
+    # hflip-invariant data and a model trained with flips: the mirrored view agrees
+    assert abs(flip["accuracy"] - report["accuracy"]) < 0.15
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {
+        "PrivateTest-flip.json",
+        "PrivateTest-flip-confusion.png",
+        "PrivateTest-flip-reliability.png",
+        "report.md",
+        "training-curves.png",
+    } <= files
+    saved = json.loads((tmp_path / "report" / "PrivateTest-flip.json").read_text())
+    assert saved["accuracy"] == flip["accuracy"]
+    assert "PrivateTest" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ValueError, match="TTA"):
+        evaluate(out / "best", pack, split="PrivateTest", tta="bogus", device="cpu")
