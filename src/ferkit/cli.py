@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"ferkit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `ferkit data check --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

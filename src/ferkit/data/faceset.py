@@ -63,6 +63,8 @@ class FaceSet:
             raise DataError(
                 f"soft_labels must be N x {len(self.class_names)}, got {self.soft_labels.shape}"
             )
+        if n and self.labels.min() < -1:
+            raise DataError(f"label {self.labels.min()} is negative (-1 marks an unlabelled row)")
         if n and self.labels.max(initial=-1) >= len(self.class_names):
             raise DataError(f"label {self.labels.max()} out of range for {len(self.class_names)} classes")
 
@@ -109,15 +111,9 @@ class FaceSet:
 
     # ---- compact pack file (for carrying to a training machine) ----
 
-    def save_pack(self, path: str | os.PathLike, preset: int = 9) -> Path:
-        """Write an lzma-compressed pack that `FaceSet.load` reads; returns the path."""
-        path = Path(path)
-        meta = {
-            "magic": PACK_MAGIC,
-            "class_names": list(self.class_names),
-            "source": self.source,
-            "info": self.info,
-        }
+    def to_arrays(self, **meta) -> dict[str, np.ndarray]:
+        """The arrays of the .npz form (shared by packs and the cache); `meta` adds keys."""
+        meta = {"class_names": list(self.class_names), "info": self.info, **meta}
         arrays = {
             "images": self.images,
             "labels": self.labels,
@@ -127,8 +123,30 @@ class FaceSet:
         }
         if self.soft_labels is not None:
             arrays["soft_labels"] = self.soft_labels.astype(np.float32)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, z, source: str) -> FaceSet:
+        """Inverse of `to_arrays` (`z`: an opened .npz)."""
+        meta = json.loads(str(z["meta"]))
+        return cls(
+            images=z["images"],
+            labels=z["labels"],
+            splits=z["splits"],
+            class_names=tuple(meta["class_names"]),
+            index=z["index"],
+            soft_labels=z["soft_labels"] if "soft_labels" in z.files else None,
+            source=source,
+            info=meta.get("info", {}),
+        )
+
+    # ---- compact pack file (for carrying to a training machine) ----
+
+    def save_pack(self, path: str | os.PathLike, preset: int = 9) -> Path:
+        """Write an lzma-compressed pack that `FaceSet.load` reads; returns the path."""
+        path = Path(path)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **self.to_arrays(magic=PACK_MAGIC, source=self.source))
         filters = [
             {"id": lzma.FILTER_DELTA, "dist": 1},
             {"id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME},
@@ -148,20 +166,13 @@ class FaceSet:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("magic") != PACK_MAGIC:
                     raise DataError(f"{path}: not a ferkit pack (magic {meta.get('magic')!r})")
-                return cls(
-                    images=z["images"],
-                    labels=z["labels"],
-                    splits=z["splits"],
-                    class_names=tuple(meta["class_names"]),
-                    index=z["index"],
-                    soft_labels=z["soft_labels"] if "soft_labels" in z.files else None,
-                    source=str(path),
-                    info={**meta.get("info", {}), "packed_from": meta.get("source", "")},
-                )
+                faces = cls.from_arrays(z, str(path))
         except (lzma.LZMAError, OSError, KeyError, ValueError) as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"{path}: unreadable ferkit pack ({exc})") from None
+        faces.info["packed_from"] = meta.get("source", "")
+        return faces
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> FaceSet:

@@ -50,17 +50,7 @@ def _read_cached(path: Path, key: str) -> FaceSet | None:
         return None
     try:
         with np.load(file, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            return FaceSet(
-                images=z["images"],
-                labels=z["labels"],
-                splits=z["splits"],
-                class_names=tuple(meta["class_names"]),
-                index=z["index"],
-                soft_labels=z["soft_labels"] if "soft_labels" in z.files else None,
-                source=str(path),
-                info=meta["info"],
-            )
+            return FaceSet.from_arrays(z, str(path))
     except (OSError, ValueError, KeyError):
         return None  # a damaged cache entry is rebuilt
 
@@ -69,16 +59,8 @@ def _write_cache(faces: FaceSet, key: str) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.tmp.npz"
-        arrays = dict(
-            images=faces.images,
-            labels=faces.labels,
-            splits=faces.splits,
-            index=faces.index,
-            meta=np.array(json.dumps({"class_names": list(faces.class_names), "info": faces.info})),
-        )
-        if faces.soft_labels is not None:
-            arrays["soft_labels"] = faces.soft_labels
+        tmp = folder / f"{key}.{os.getpid()}.tmp.npz"  # one per process
+        arrays = faces.to_arrays()
         np.savez(tmp, **arrays)
         tmp.replace(folder / f"{key}.npz")
     except OSError as exc:  # a read-only home must not stop the read
