@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
+
+    from .predict_cli import add_parsers as add_predict_parsers
+
+    add_predict_parsers(sub)
     return p
 
 

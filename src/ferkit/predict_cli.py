@@ -1,0 +1,262 @@
+"""``ferkit predict``: expressions of the faces in photos, as a table, JSON Lines or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm".split()
+)
+_SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
+_FILES_PER_BATCH = 8
+_PROGRESS_MIN_FILES = 4
+
+
+@dataclass
+class Input:
+    """One input file; ``relative`` is its name under --annotate; ``error`` set when missing."""
+
+    name: str
+    relative: Path
+    error: str | None = None
+
+
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def expand_inputs(args: list[str]) -> list[Input]:
+    """Files as given, folders searched recursively for images, glob patterns expanded."""
+    out: list[Input] = []
+    seen: set[str] = set()
+
+    def add(item: Input) -> None:
+        if item.error is not None or item.name not in seen:
+            seen.add(item.name)
+            out.append(item)
+
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+            )
+            if not found:
+                add(Input(arg, p, error=f"{arg}: no image files in this folder"))
+            for f in found:
+                add(Input(str(f), Path(p.name) / f.relative_to(p)))
+        elif p.exists() or not _has_magic(arg):
+            add(Input(arg, Path(p.name)))
+        else:
+            matches = sorted(m for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            if not matches:
+                add(Input(arg, p, error=f"{arg}: no files match"))
+            for m in matches:
+                add(Input(m, Path(Path(m).name)))
+    return out
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``predict`` command to the ``ferkit`` command's subparsers."""
+    p = subparsers.add_parser(
+        "predict",
+        help="recognise facial expressions in photos",
+        description="Detect the faces in photos and score their expressions. Default output: "
+        "a table; exit status 1 when any input failed (the others still run).",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="image files, folders (searched recursively) or glob patterns",
+    )
+    p.add_argument(
+        "--sample", action="store_true", help="also run on the bundled public-domain sample photo"
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--json", action="store_true", help="one JSON object per input file (JSON Lines)"
+    )
+    fmt.add_argument("--csv", action="store_true", help="CSV, one row per face")
+    p.add_argument(
+        "--annotate",
+        metavar="OUT_DIR",
+        default=None,
+        help="write a copy of each image with boxes and labels into OUT_DIR",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
+    )
+    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.set_defaults(func=run_predict)
+
+
+class _Printer:
+    """Writes lines to stdout and stderr without breaking a progress bar."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def out(self, text: str) -> None:
+        self._write(text, sys.stdout)
+
+    def err(self, text: str) -> None:
+        self._write(text, sys.stderr)
+
+    def _write(self, text: str, stream) -> None:
+        if self.bar is not None:
+            self.bar.write(text.rstrip("\n"), file=stream)
+        else:
+            stream.write(text if text.endswith("\n") else text + "\n")
+
+
+class _Table:
+    def __init__(self, printer: _Printer, inputs: list[Input]) -> None:
+        self.p = printer
+        self.width = max([4] + [len(i.name) for i in inputs])
+        self.p.out(
+            f"{'file':<{self.width}}  {'face':>4}  {'box (x, y, w, h)':<22} "
+            f"{'label':<10} {'conf':>6}  top-3"
+        )
+
+    def write(self, item: Input, faces, error: str | None) -> None:
+        if error is not None:
+            self.p.out(f"{item.name:<{self.width}}  {'-':>4}  error: {error}")
+        elif not faces:
+            self.p.out(f"{item.name:<{self.width}}  {'-':>4}  no face found")
+        for k, f in enumerate(faces or [], 1):
+            top = sorted(f.scores.items(), key=lambda kv: -kv[1])[:3]
+            box = ", ".join(str(v) for v in f.box)
+            self.p.out(
+                f"{item.name:<{self.width}}  {k:>4}  {box:<22} {f.label:<10} "
+                f"{f.confidence:>6.1%}  " + ", ".join(f"{c} {s:.1%}" for c, s in top)
+            )
+
+
+class _JsonLines:
+    def __init__(self, printer: _Printer, inputs: list[Input]) -> None:
+        self.p = printer
+
+    def write(self, item: Input, faces, error: str | None) -> None:
+        record = {"file": item.name, "faces": [f.to_dict() for f in faces or []], "error": error}
+        self.p.out(json.dumps(record))
+
+
+class _Csv:
+    """One row per face; a file without faces (or that failed) gets one row without a face."""
+
+    def __init__(self, printer: _Printer, class_names: list[str]) -> None:
+        self.p = printer
+        self.class_names = class_names
+        self._row(
+            ["file", "face", "x", "y", "w", "h", "label", "confidence", *class_names, "error"]
+        )
+
+    def _row(self, cells: list) -> None:
+        line = io.StringIO()
+        csv.writer(line, lineterminator="").writerow(cells)
+        self.p.out(line.getvalue())
+
+    def write(self, item: Input, faces, error: str | None) -> None:
+        if not faces:
+            self._row(
+                [item.name, "", "", "", "", "", "", "", *[""] * len(self.class_names), error or ""]
+            )
+        for k, f in enumerate(faces or [], 1):
+            self._row(
+                [
+                    item.name,
+                    k,
+                    *f.box,
+                    f.label,
+                    f"{f.confidence:.6f}",
+                    *(f"{f.scores[c]:.6f}" for c in self.class_names),
+                    "",
+                ]
+            )
+
+
+def _annotated_path(out_dir: Path, relative: Path, used: set[Path]) -> Path:
+    suffix = relative.suffix.lower() if relative.suffix.lower() in _SAVE_EXTENSIONS else ".png"
+    target = out_dir / relative.with_suffix(suffix)
+    n = 1
+    while target in used:
+        n += 1
+        target = out_dir / relative.with_name(f"{relative.stem}-{n}{suffix}")
+    used.add(target)
+    return target
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .recognize import ImageError, Recognizer, draw_faces, load_image
+
+    paths = list(args.paths)
+    if args.sample:
+        from .samples import path as sample_path
+
+        paths.append(str(sample_path("astronaut")))
+    if not paths:
+        raise ValueError("no input: give image paths, folders or globs, or --sample")
+    inputs = expand_inputs(paths)
+    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    bar = None
+    if len(inputs) >= _PROGRESS_MIN_FILES and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(inputs), unit="file", file=sys.stderr)
+    printer = _Printer(bar)
+    if args.json:
+        writer = _JsonLines(printer, inputs)
+    elif args.csv:
+        writer = _Csv(printer, recognizer.class_names)
+    else:
+        writer = _Table(printer, inputs)
+    out_dir = Path(args.annotate) if args.annotate else None
+    used: set[Path] = set()
+    failed = 0
+    for start in range(0, len(inputs), _FILES_PER_BATCH):
+        chunk = inputs[start : start + _FILES_PER_BATCH]
+        errors: dict[int, str] = {}
+        loaded = {}
+        for k, item in enumerate(chunk):
+            if item.error is not None:
+                errors[k] = item.error
+                continue
+            try:
+                loaded[k] = load_image(item.name)
+            except (ImageError, OSError) as exc:
+                errors[k] = str(exc)
+        results = dict(zip(loaded, recognizer.predict_batch(list(loaded.values())), strict=True))
+        for k, item in enumerate(chunk):
+            error = errors.get(k)
+            if error is None and out_dir is not None:
+                target = _annotated_path(out_dir, item.relative, used)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    draw_faces(loaded[k], results[k], recognizer.class_names).save(
+                        target, quality=90
+                    )
+                except OSError as exc:
+                    error = f"{target}: cannot write the annotated image ({exc})"
+            if error is not None:
+                failed += 1
+                printer.err(f"ferkit: error: {error}")
+            writer.write(item, results.get(k), error)
+            if bar is not None:
+                bar.update(1)
+        sys.stdout.flush()
+    if bar is not None:
+        bar.close()
+    if failed:
+        printer.err(f"ferkit: {failed} of {len(inputs)} input(s) failed")
+    return 1 if failed else 0

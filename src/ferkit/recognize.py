@@ -1,0 +1,387 @@
+"""`Recognizer`: photos in, faces with expression scores out.
+
+Inputs (`load_image`): a path or binary file object, a PIL image, or a numpy array (H x W
+gray; H x W x 3 RGB by default or BGR with ``color="bgr"``, as OpenCV gives; H x W x 4 with
+alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1). Files honour
+their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha, CMYK, ...) becomes
+8-bit gray or RGB; transparent parts are composited over white.
+
+Large images: an image whose longer side exceeds ``max_side`` (default 4096) is shrunk once
+on loading (JPEGs are decoded at reduced scale) and every later step works on that copy,
+so memory stays bounded by it; boxes are always reported in the pixels of the full,
+orientation-corrected image. Files of more than PIL's decompression-bomb limit, twice
+``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels by default), are refused with an
+`ImageError`; raise ``PIL.Image.MAX_IMAGE_PIXELS`` to accept larger files. Arrays, already
+in memory, have no such limit.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from torch import nn
+
+from .augment import PIXEL_MEAN, PIXEL_STD
+from .faces import DEFAULT_MARGIN, FACE_SIZE, FaceDetector, crop_face, get_detector, resize
+
+MAX_SIDE = 4096
+_ORIENTATION_TAG = 0x0112
+
+
+class ImageError(ValueError):
+    """An input that is not a readable image; the message names it."""
+
+
+@dataclass
+class Face:
+    """One recognised face; ``box`` is [x, y, w, h] in pixels of the input image."""
+
+    box: list[int]
+    landmarks: list[list[float]] | None
+    scores: dict[str, float]
+    label: str
+    confidence: float
+    detection_score: float | None = None
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready types."""
+        return {
+            "box": [int(v) for v in self.box],
+            "label": self.label,
+            "confidence": float(self.confidence),
+            "scores": {k: float(v) for k, v in self.scores.items()},
+            "landmarks": self.landmarks,
+            "detection_score": self.detection_score,
+        }
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image ready for detection: uint8 H x W gray or H x W x 3 RGB ``pixels``,
+    and ``scale`` (x, y): full-image pixels per pixel of ``pixels`` (1 unless shrunk)."""
+
+    pixels: np.ndarray
+    scale: tuple[float, float]
+    name: str
+
+
+def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr.astype(np.float32, copy=False))
+        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == np.uint16 or (arr.size and arr.max() > 255):
+            return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    raise ImageError(f"unsupported image array dtype {arr.dtype}")
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return out
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """An ``L`` or ``RGB`` copy of any PIL mode (alpha composited over white)."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = arr / 255.0  # PIL float images hold 0..255
+        return Image.fromarray(_array_to_uint8(arr))
+    if mode == "P" and "transparency" not in img.info:
+        return img.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
+        return _over_white(img.convert("RGBA"))
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _shrunk_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    s = min(1.0, max_side / max(width, height))
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def _from_pil(img: Image.Image, max_side: int, owned: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels, full oriented size) of a PIL image; ``owned`` images may be changed in place."""
+    orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    full = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+    if owned and max(img.size) > max_side and img.format == "JPEG":
+        img.draft(None, _shrunk_size(*img.size, max_side))  # decode at 1/2, 1/4 or 1/8 scale
+    if orientation in range(2, 9):
+        if owned:
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
+    img = _to_8bit(img)
+    if max(img.size) > max_side:
+        img = img.resize(_shrunk_size(*img.size, max_side), Image.Resampling.BOX, reducing_gap=3.0)
+    return np.asarray(img), full
+
+
+def _from_array(arr: np.ndarray, color: str, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or 0 in arr.shape:
+        raise ImageError(
+            f"image array must be H x W, H x W x 3 or H x W x 4; got shape {arr.shape}"
+        )
+    h, w = arr.shape[:2]
+    if max(h, w) > max_side:
+        if arr.dtype != np.uint8:
+            arr = _array_to_uint8(arr)
+        arr = resize(arr, *_shrunk_size(w, h, max_side))
+    arr = _array_to_uint8(arr)
+    if arr.ndim == 3:
+        if color == "bgr":
+            arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+        if arr.shape[2] == 4:
+            alpha = arr[:, :, 3:].astype(np.float32) / 255.0
+            arr = np.rint(arr[:, :, :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(arr), (w, h)
+
+
+def load_image(
+    source: str | os.PathLike | io.IOBase | Image.Image | np.ndarray | LoadedImage,
+    color: str = "rgb",
+    max_side: int = MAX_SIDE,
+) -> LoadedImage:
+    """Decode any supported input (see the module docstring) into a `LoadedImage`.
+
+    ``color`` ("rgb" or "bgr") is the channel order of 3- and 4-channel numpy arrays only.
+    A file that is not a readable image raises `ImageError`; a missing one FileNotFoundError.
+    """
+    if isinstance(source, LoadedImage):
+        return source
+    if color not in ("rgb", "bgr"):
+        raise ValueError(f"color must be 'rgb' or 'bgr', not {color!r}")
+    if isinstance(source, np.ndarray):
+        name = "<array>"
+        pixels, full = _from_array(source, color, max_side)
+    elif isinstance(source, Image.Image):
+        name = getattr(source, "filename", "") or "<PIL image>"
+        try:
+            pixels, full = _from_pil(source, max_side, owned=False)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"{name}: cannot read image ({exc})") from exc
+    elif isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):
+        name = (
+            str(source)
+            if isinstance(source, (str, os.PathLike))
+            else getattr(source, "name", "<stream>")
+        )
+        if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+            raise FileNotFoundError(f"{name}: no such file")
+        try:
+            with warnings.catch_warnings():
+                # large images are fine here (shrunk on loading); only the error limit applies
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(source) as img:
+                    pixels, full = _from_pil(img, max_side, owned=True)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(
+                f"{name}: image too large ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to accept it"
+            ) from exc
+        except Exception as exc:  # PIL raises many types for malformed files
+            raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    else:
+        raise TypeError(f"unsupported image type {type(source).__name__}")
+    h, w = pixels.shape[:2]
+    return LoadedImage(pixels, (full[0] / w, full[1] / h), str(name))
+
+
+def _resolve_model(model) -> tuple[nn.Module, dict]:
+    from .weights import load_model
+
+    if model is None:
+        return load_model()
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        return model
+    raise TypeError("model must be None, a weights name, a checkpoint path or (nn.Module, meta)")
+
+
+class Recognizer:
+    """Faces and their expressions in photos.
+
+    ``model``: None (the shipped default weights), a shipped weights name, a checkpoint path,
+    or ``(nn.Module, metadata)`` with ``metadata["class_names"]``. ``detector``: a name from
+    `ferkit.faces.list_detectors()` or a `FaceDetector`. ``margin``: crop margin (default:
+    the checkpoint's ``preprocessing.margin``, else 0.2). ``tta``: test-time views as in
+    evaluation ("none", "flip", "ten-crop"). ``backend="onnx"`` is not available yet.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        detector: str | FaceDetector = "haar",
+        device: str = "auto",
+        backend: str = "torch",
+        margin: float | None = None,
+        tta: str = "none",
+        max_side: int = MAX_SIDE,
+        batch_size: int = 128,
+    ) -> None:
+        if backend == "onnx":
+            raise NotImplementedError(
+                "backend='onnx' is not available yet (it comes with ONNX export); use 'torch'"
+            )
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; use 'torch'")
+        from .train import resolve_device
+
+        self.device = resolve_device(device)
+        self.model, self.meta = _resolve_model(model)
+        self.model = self.model.to(self.device).eval()
+        if "class_names" not in self.meta:
+            raise ValueError("model metadata has no 'class_names'")
+        self.class_names = [str(c) for c in self.meta["class_names"]]
+        prep = self.meta.get("preprocessing", {})
+        if (prep.get("mean", PIXEL_MEAN), prep.get("std", PIXEL_STD)) != (PIXEL_MEAN, PIXEL_STD):
+            raise ValueError(
+                f"model expects normalisation mean {prep['mean']}, std {prep['std']}; ferkit "
+                f"uses {PIXEL_MEAN}, {PIXEL_STD}"
+            )
+        if not prep.get("gray", True):
+            raise ValueError("model expects colour input; ferkit recognises gray faces")
+        self.size = int(prep.get("size", FACE_SIZE))
+        self.margin = float(prep.get("margin", DEFAULT_MARGIN) if margin is None else margin)
+        self.detector = get_detector(detector)
+        self.tta = tta
+        self.max_side = max_side
+        self.batch_size = batch_size
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (N x C) of uint8 N x 48 x 48 face crops."""
+        from .evaluate import predict_probs
+
+        if len(crops) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return predict_probs(
+            self.model, crops, tta=self.tta, batch_size=self.batch_size, device=self.device
+        )
+
+    def predict(self, image, color: str = "rgb") -> list[Face]:
+        """Faces in one image (any input `load_image` takes), sorted left to right."""
+        return self.predict_batch([image], color=color)[0]
+
+    def predict_batch(self, images: Iterable, color: str = "rgb") -> list[list[Face]]:
+        """`predict` for several images, with all their faces classified in one batch.
+
+        All the images are decoded (each at most ``max_side`` pixels on a side) before the
+        model runs, so pass large collections in chunks.
+        """
+        loaded = [load_image(im, color, self.max_side) for im in images]
+        found = [
+            sorted(self.detector.detect(im.pixels), key=lambda d: (d.box[0], d.box[1]))
+            for im in loaded
+        ]
+        crops = [
+            crop_face(
+                im.pixels,
+                d.box,
+                self.margin,
+                self.size,
+                eyes=d.landmarks[:2] if d.landmarks else None,
+            )
+            for im, dets in zip(loaded, found, strict=True)
+            for d in dets
+        ]
+        probs = self.classify(np.stack(crops) if crops else np.zeros((0, self.size, self.size)))
+        out, i = [], 0
+        for im, dets in zip(loaded, found, strict=True):
+            faces = []
+            for d in dets:
+                faces.append(self._face(d, probs[i], im.scale))
+                i += 1
+            out.append(faces)
+        return out
+
+    def _face(self, det, probs: np.ndarray, scale: tuple[float, float]) -> Face:
+        sx, sy = scale
+        x, y, w, h = det.box
+        box = [round(x * sx), round(y * sy), round(w * sx), round(h * sy)]
+        landmarks = None
+        if det.landmarks is not None:
+            landmarks = [[float(px * sx), float(py * sy)] for px, py in det.landmarks]
+        best = int(np.argmax(probs))
+        return Face(
+            box=box,
+            landmarks=landmarks,
+            scores={c: float(p) for c, p in zip(self.class_names, probs, strict=True)},
+            label=self.class_names[best],
+            confidence=float(probs[best]),
+            detection_score=float(det.score),
+        )
+
+
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one small bitmap font
+        return ImageFont.load_default()
+
+
+def draw_faces(
+    image: LoadedImage | np.ndarray | Image.Image,
+    faces: Sequence[Face],
+    class_names: Sequence[str] = (),
+) -> Image.Image:
+    """An RGB copy of ``image`` with each face's box and "label 87%" drawn on it.
+
+    ``faces`` carry full-image boxes; a `LoadedImage` maps them onto its (maybe shrunk)
+    pixels. ``class_names`` fixes each label's colour.
+    """
+    if isinstance(image, LoadedImage):
+        sx, sy = image.scale
+        image = image.pixels
+    else:
+        sx = sy = 1.0
+    canvas = (Image.fromarray(image) if isinstance(image, np.ndarray) else image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    line = max(2, round(max(canvas.size) / 400))
+    for face in faces:
+        x, y, w, h = face.box
+        x0, y0, x1, y1 = x / sx, y / sy, (x + w) / sx, (y + h) / sy
+        names = list(class_names)
+        colour = _PALETTE[(names.index(face.label) if face.label in names else 0) % len(_PALETTE)]
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+        font = _font(int(np.clip(0.18 * (x1 - x0), 12, 96)))
+        text = f"{face.label} {face.confidence:.0%}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        pad = max(2, th // 5)
+        ty = y0 - th - 2 * pad if y0 - th - 2 * pad >= 0 else y0
+        draw.rectangle([x0, ty, x0 + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
+        draw.text((x0 + pad - left, ty + pad - top), text, fill=(0, 0, 0), font=font)
+    return canvas

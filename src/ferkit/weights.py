@@ -1,0 +1,55 @@
+"""Pretrained weights shipped inside the package (``ferkit/weights/NAME.safetensors`` + ``.json``)."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+
+DEFAULT_MODEL = "mba_cnn-fer2013"
+
+
+def _weights_folder():
+    return files("ferkit").joinpath("weights")
+
+
+def available_weights() -> list[str]:
+    """Names of the shipped checkpoints (weights and metadata both present)."""
+    folder = _weights_folder()
+    if not folder.is_dir():
+        return []
+    names = {p.name for p in folder.iterdir()}
+    return sorted(
+        n.removesuffix(".safetensors")
+        for n in names
+        if n.endswith(".safetensors") and n.removesuffix(".safetensors") + ".json" in names
+    )
+
+
+def load_model(
+    name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """``(model, metadata)`` of shipped weights by name, or of a checkpoint by path.
+
+    A name of the shipped weights wins over a file of the same name; a path may be given
+    with or without its ``.safetensors`` / ``.json`` suffix.
+    """
+    shipped = available_weights()
+    if str(name) in shipped:
+        with as_file(_weights_folder()) as folder:
+            return load_checkpoint(Path(folder) / str(name), device)
+    path = Path(name)
+    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    if base.with_suffix(".safetensors").exists():
+        return load_checkpoint(base, device)
+    available = ", ".join(shipped) if shipped else "none are installed in this copy of ferkit"
+    raise FileNotFoundError(
+        f"{name}: neither shipped weights (available: {available}) nor a checkpoint "
+        f"({base.with_suffix('.safetensors')} not found); pass the path of a checkpoint "
+        "written by `ferkit train`"
+    )

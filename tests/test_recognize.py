@@ -1,0 +1,408 @@
+"""Face detection, the face crop, `Recognizer` on photos and the ``predict`` command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferkit import samples
+from ferkit.augment import normalize
+from ferkit.checkpoint import save_checkpoint
+from ferkit.faces import Detection, FaceDetector, crop_face, faces_to_tensor, get_detector
+from ferkit.models import create_model
+from ferkit.predict_cli import add_parsers
+from ferkit.recognize import Face, ImageError, Recognizer, load_image
+from ferkit.weights import available_weights, load_model
+
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised MBA-CNN saved as a shipped-style checkpoint."""
+    torch.manual_seed(0)
+    meta = {
+        "model": "mba_cnn",
+        "model_options": {},
+        "class_names": CLASSES,
+        "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
+    }
+    base = tmp_path_factory.mktemp("ckpt") / "random"
+    save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
+    return base
+
+
+@pytest.fixture(scope="module")
+def recognizer(checkpoint) -> Recognizer:
+    return Recognizer(model=str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    with Image.open(samples.path("astronaut")) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def boxes(faces: list[Face]) -> list[list[int]]:
+    return [f.box for f in faces]
+
+
+def iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+# ---- crop_face ----
+
+
+def ramp(h: int, w: int) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
+
+
+def test_crop_face_is_the_square_around_the_box_enlarged_by_the_margin():
+    img = ramp(100, 100)
+    # box centre (50, 50), side 20 -> 30 with margin 0.5: rows/cols 35..64
+    out = crop_face(img, (40, 40, 20, 20), margin=0.5, size=30)
+    assert np.array_equal(out, img[35:65, 35:65])
+    # a tall box: the square follows the longer side, centred on the box
+    out = crop_face(img, (45, 30, 10, 40), margin=0.0, size=40)
+    assert np.array_equal(out, img[30:70, 30:70])
+
+
+def test_crop_face_pads_by_repeating_the_edge():
+    img = ramp(60, 80)
+    out = crop_face(img, (0, 0, 20, 20), margin=1.0, size=40)  # square -10..29
+    assert np.array_equal(out[10:, 10:], img[:30, :30])
+    assert np.array_equal(out[:10, 10:], np.repeat(img[:1, :30], 10, axis=0))
+    assert np.array_equal(out[10:, :10], np.repeat(img[:30, :1], 10, axis=1))
+    assert (out[:10, :10] == img[0, 0]).all()
+    out = crop_face(img, (70, 50, 10, 10), margin=1.0, size=20)  # beyond bottom-right
+    assert np.array_equal(out[:15, :15], img[45:, 65:])
+    assert (out[15:, 15:] == img[-1, -1]).all()
+
+
+def test_crop_face_output_is_gray_uint8_48x48(astronaut):
+    for image in (astronaut, astronaut[:, :, 0]):
+        for box in ((177, 66, 95, 95), (0, 0, 5, 5), (500, 500, 300, 100)):
+            out = crop_face(image, box)
+            assert out.shape == (48, 48) and out.dtype == np.uint8
+    gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+    diff = crop_face(astronaut, (177, 66, 95, 95)).astype(int) - crop_face(gray, (177, 66, 95, 95))
+    assert np.abs(diff).max() <= 1  # RGB input is converted to gray like PIL's "L"
+
+
+def test_crop_face_levels_the_eyes():
+    img = np.full((200, 200), 200, np.uint8)
+    eyes = ((80, 90), (120, 110))  # tilted by atan(20/40) = 26.6 degrees
+    for x, y in eyes:
+        img[y - 3 : y + 4, x - 3 : x + 4] = 0
+    out = crop_face(img, (60, 60, 80, 80), margin=0.0, size=80, eyes=eyes)
+    dark = np.argwhere(out < 100)
+    left, right = dark[dark[:, 1] < 40], dark[dark[:, 1] >= 40]
+    assert len(left) and len(right)
+    assert abs(left[:, 0].mean() - right[:, 0].mean()) < 1.5
+    # eyes 44.7 px apart stay 44.7 px apart (scale 1) and centred about the crop centre
+    assert abs((right[:, 1].mean() - left[:, 1].mean()) - 44.7) < 1.5
+    assert abs(dark[:, 0].mean() - 39.5) < 1.5
+
+
+def test_faces_to_tensor_uses_the_shared_normalisation():
+    crops = [ramp(48, 48), 255 - ramp(48, 48)]
+    x = faces_to_tensor(crops)
+    assert x.shape == (2, 1, 48, 48) and x.dtype == torch.float32
+    assert torch.equal(x, normalize(torch.from_numpy(np.stack(crops))))
+    assert faces_to_tensor([]).shape == (0, 1, 48, 48)
+
+
+# ---- detector ----
+
+
+def test_haar_finds_the_sample_face(astronaut):
+    found = get_detector("haar").detect(astronaut)
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 170 and 60 < w < 160
+    assert found[0].landmarks is None and found[0].score > 0
+
+
+def test_haar_maps_boxes_back_from_its_downscaled_search(astronaut):
+    big = np.asarray(Image.fromarray(astronaut).resize((1536, 1536)))
+    found = get_detector("haar", max_side=512).detect(big)
+    ref = get_detector("haar").detect(astronaut)[0].box
+    assert any(iou(d.box, [3 * v for v in ref]) > 0.7 for d in found)
+
+
+def test_unknown_detector_lists_the_available_ones():
+    with pytest.raises(ValueError, match="haar"):
+        get_detector("nope")
+
+
+# ---- Recognizer inputs ----
+
+
+def test_predict_sample_path(recognizer):
+    faces = recognizer.predict(samples.path("astronaut"))
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.label in CLASSES and face.label == max(face.scores, key=face.scores.get)
+    assert abs(sum(face.scores.values()) - 1) < 1e-4
+    assert face.confidence == face.scores[face.label]
+    json.dumps(face.to_dict())
+    assert set(face.to_dict()) >= {"box", "label", "confidence", "scores"}
+
+
+def test_all_input_kinds_give_the_same_faces(recognizer, astronaut):
+    path = samples.path("astronaut")
+    ref = recognizer.predict(path)
+    gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+    with Image.open(path) as pil:
+        variants = [
+            recognizer.predict(str(path)),
+            recognizer.predict(astronaut),
+            recognizer.predict(np.ascontiguousarray(astronaut[:, :, ::-1]), color="bgr"),
+            recognizer.predict(pil),
+            recognizer.predict(io.BytesIO(path.read_bytes())),
+        ]
+        for faces in variants:
+            assert boxes(faces) == boxes(ref)
+            assert np.allclose(list(faces[0].scores.values()), list(ref[0].scores.values()))
+    faces = recognizer.predict(gray)
+    assert len(faces) == 1 and iou(faces[0].box, ref[0].box) > 0.9
+
+
+def test_exif_orientation_is_applied(recognizer, astronaut, tmp_path):
+    shown = Image.fromarray(astronaut[:400])  # 512 wide, 400 high as displayed
+    stored = shown.transpose(Image.Transpose.ROTATE_90)  # how a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.png"
+    stored.save(path, exif=exif)
+    loaded = load_image(path)
+    assert loaded.pixels.shape[:2] == (400, 512)
+    assert boxes(recognizer.predict(path)) == boxes(recognizer.predict(np.asarray(shown)))
+    assert len(boxes(recognizer.predict(path))) == 1
+
+
+def test_jpeg_exif_orientation_and_shrunk_decoding(checkpoint, astronaut, tmp_path):
+    shown = Image.fromarray(astronaut).resize((2048, 2048))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = tmp_path / "big.jpg"
+    shown.transpose(Image.Transpose.ROTATE_270).save(path, exif=exif, quality=95)
+    rec = Recognizer(model=str(checkpoint), device="cpu", max_side=700)
+    loaded = load_image(path, max_side=700)
+    assert max(loaded.pixels.shape) <= 700 and loaded.scale[0] == pytest.approx(2048 / 700, 0.01)
+    ref = Recognizer(model=str(checkpoint), device="cpu").predict(astronaut)[0].box
+    assert any(iou(f.box, [4 * v for v in ref]) > 0.7 for f in rec.predict(path))
+
+
+@pytest.mark.parametrize("kind", ["uint16-array", "I;16-png", "rgba", "la", "palette", "cmyk"])
+def test_other_pixel_formats(recognizer, astronaut, tmp_path, kind):
+    ref = recognizer.predict(astronaut)[0].box
+    gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    if kind == "uint16-array":
+        image = gray.astype(np.uint16) * 257
+    elif kind == "I;16-png":
+        image = tmp_path / "deep.png"
+        Image.fromarray(gray.astype(np.uint16) * 257).save(image)
+        assert Image.open(image).mode.startswith("I")
+        assert np.array_equal(load_image(image).pixels, gray)
+    elif kind == "rgba":
+        image = tmp_path / "alpha.png"
+        rgba[:50, :, 3] = 0  # a transparent strip becomes white
+        Image.fromarray(rgba).save(image)
+        assert (load_image(image).pixels[:50] == 255).all()
+    elif kind == "la":
+        image = Image.fromarray(gray).convert("LA")
+    elif kind == "palette":
+        image = tmp_path / "palette.gif"
+        Image.fromarray(astronaut).quantize(256).save(image)
+    else:
+        image = tmp_path / "cmyk.tif"
+        Image.fromarray(astronaut).convert("CMYK").save(image)
+    loaded = load_image(image)
+    assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape[:2] == (512, 512)
+    faces = recognizer.predict(image)
+    assert len(faces) == 1 and iou(faces[0].box, ref) > 0.8
+
+
+def test_bgra_array_and_float_array(recognizer, astronaut):
+    ref = boxes(recognizer.predict(astronaut))
+    bgra = np.dstack([astronaut[:, :, ::-1], np.full(astronaut.shape[:2], 255, np.uint8)])
+    assert boxes(recognizer.predict(bgra, color="bgr")) == ref
+    assert boxes(recognizer.predict(astronaut / 255.0)) == ref
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not an image at all", "random", "truncated"],
+    ids=["empty", "text", "random-bytes", "truncated-jpeg"],
+)
+def test_unreadable_files_raise_image_error_naming_the_file(recognizer, tmp_path, content):
+    if content == "random":
+        content = b"\xff\xd8\xff\xe0" + np.random.default_rng(0).bytes(2000)
+    elif content == "truncated":
+        data = samples.path("astronaut").read_bytes()
+        content = data[: len(data) // 2]
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match="broken.jpg"):
+        recognizer.predict(path)
+    assert issubclass(ImageError, ValueError)
+
+
+def test_missing_file_and_bad_array(recognizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        recognizer.predict(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="shape"):
+        recognizer.predict(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_decompression_bomb_is_refused(recognizer, tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (200, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # refuse beyond 20,000 pixels
+    with pytest.raises(ImageError, match="bomb.png.*too large"):
+        recognizer.predict(path)
+
+
+def test_no_face_gives_an_empty_list(recognizer):
+    assert recognizer.predict(np.full((240, 320, 3), 128, np.uint8)) == []
+    assert recognizer.predict_batch([]) == []
+
+
+def test_huge_image_is_shrunk_and_boxes_map_back(recognizer, astronaut):
+    huge = np.zeros((12000, 12000), np.uint8)
+    face = np.asarray(Image.fromarray(astronaut).convert("L").resize((4096, 4096)))
+    huge[3000:7096, 5000:9096] = face
+    ref = recognizer.predict(astronaut)[0].box
+    expected = [5000 + 8 * ref[0], 3000 + 8 * ref[1], 8 * ref[2], 8 * ref[3]]
+    faces = recognizer.predict(huge)
+    assert any(iou(f.box, expected) > 0.7 for f in faces)
+
+
+def test_predict_batch_equals_predict(recognizer, astronaut):
+    images = [astronaut, np.full((100, 100), 50, np.uint8), astronaut[:, ::-1]]
+    batch = recognizer.predict_batch(images)
+    assert [len(b) for b in batch] == [1, 0, 1]
+    for image, faces in zip(images, batch, strict=True):
+        single = recognizer.predict(image)
+        assert boxes(single) == boxes(faces)
+        for a, b in zip(single, faces, strict=True):
+            assert np.allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-5)
+
+
+def test_faces_are_sorted_left_to_right(checkpoint):
+    class Fixed(FaceDetector):
+        def detect(self, image):
+            return [
+                Detection((60, 10, 20, 20), 1.0),
+                Detection((5, 30, 20, 20), 1.0, ((10.0, 35.0), (20.0, 35.0))),
+            ]
+
+    rec = Recognizer(model=str(checkpoint), detector=Fixed(), device="cpu")
+    faces = rec.predict(np.full((100, 100), 90, np.uint8))
+    assert boxes(faces) == [[5, 30, 20, 20], [60, 10, 20, 20]]
+    assert faces[0].landmarks == [[10.0, 35.0], [20.0, 35.0]]
+    json.dumps([f.to_dict() for f in faces])
+
+
+def test_model_arguments(checkpoint):
+    model = create_model("mba_cnn", num_classes=3)
+    rec = Recognizer(model=(model, {"class_names": ["a", "b", "c"]}), device="cpu")
+    assert rec.class_names == ["a", "b", "c"]
+    with pytest.raises(NotImplementedError, match="onnx"):
+        Recognizer(model=str(checkpoint), backend="onnx")
+    with pytest.raises(FileNotFoundError, match="no-such-weights"):
+        load_model("no-such-weights")
+
+
+@pytest.mark.skipif(not available_weights(), reason="no shipped weights in src/ferkit/weights/ yet")
+def test_shipped_default_weights():
+    rec = Recognizer(device="cpu")
+    faces = rec.predict(samples.path("astronaut"))
+    assert len(faces) == 1 and faces[0].label == "happy"
+
+
+# ---- the predict command ----
+
+
+def run_cli(checkpoint: Path, *argv: str) -> int:
+    """``ferkit predict ARGV`` with the test checkpoint on the CPU; the exit status."""
+    parser = argparse.ArgumentParser(prog="ferkit")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["predict", *argv, "--model", str(checkpoint), "--device", "cpu"])
+    return args.func(args)
+
+
+@pytest.fixture
+def photo_dir(tmp_path, astronaut) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut).save(folder / "a.jpg", quality=90)
+    Image.fromarray(astronaut[:, ::-1]).save(folder / "sub" / "b.png")
+    Image.new("RGB", (64, 48), (120, 120, 120)).save(folder / "sub" / "blank.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_cli_json_reports_a_bad_file_and_goes_on(checkpoint, photo_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    code = run_cli(checkpoint, str(bad), str(photo_dir / "a.jpg"), "--json")
+    out, err = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["file"] for r in records] == [str(bad), str(photo_dir / "a.jpg")]
+    assert records[0]["faces"] == [] and "bad.jpg" in records[0]["error"]
+    assert records[1]["error"] is None and len(records[1]["faces"]) == 1
+    face = records[1]["faces"][0]
+    assert (
+        len(face["box"]) == 4 and face["label"] in CLASSES and set(face["scores"]) == set(CLASSES)
+    )
+    assert "bad.jpg" in err
+
+
+def test_cli_folder_recursion_table_and_annotate(checkpoint, photo_dir, tmp_path, capsys):
+    out_dir = tmp_path / "annotated"
+    code = run_cli(checkpoint, str(photo_dir), "--annotate", str(out_dir))
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "notes.txt" not in out and "no face found" in out
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["file", "face"] and len(lines) == 4
+    written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    assert written == ["photos/a.jpg", "photos/sub/b.png", "photos/sub/blank.png"]
+    with Image.open(out_dir / "photos" / "a.jpg") as img:
+        assert img.size == (512, 512)
+
+
+def test_cli_csv_and_glob(checkpoint, photo_dir, capsys):
+    code = run_cli(checkpoint, str(photo_dir / "**" / "*.png"), "--csv")
+    out, _ = capsys.readouterr()
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [Path(r["file"]).name for r in rows] == ["b.png", "blank.png"]
+    assert rows[0]["face"] == "1" and rows[0]["label"] in CLASSES and rows[0]["error"] == ""
+    assert rows[1]["face"] == "" and rows[1]["label"] == ""
+    assert abs(sum(float(rows[0][c]) for c in CLASSES) - 1) < 1e-3
+
+
+def test_cli_missing_path_and_unmatched_glob(checkpoint, tmp_path, capsys):
+    code = run_cli(checkpoint, str(tmp_path / "nope.jpg"), str(tmp_path / "*.jpg"), "--json")
+    out, _ = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 2 and all(r["error"] for r in records)
