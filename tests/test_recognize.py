@@ -323,8 +323,8 @@ def test_model_arguments(checkpoint):
     model = create_model("mba_cnn", num_classes=3)
     rec = Recognizer(model=(model, {"class_names": ["a", "b", "c"]}), device="cpu")
     assert rec.class_names == ["a", "b", "c"]
-    with pytest.raises(NotImplementedError, match="onnx"):
-        Recognizer(model=str(checkpoint), backend="onnx")
+    with pytest.raises(ValueError, match="'torch' or 'onnx'"):
+        Recognizer(model=str(checkpoint), backend="tensorrt")
     with pytest.raises(FileNotFoundError, match="no-such-weights"):
         load_model("no-such-weights")
 

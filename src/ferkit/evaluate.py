@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +29,25 @@ TTA_MODES = ("none", "flip", "ten-crop")
 
 @torch.no_grad()
 def predict_probs(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Callable[[torch.Tensor], np.ndarray | torch.Tensor],
     images: np.ndarray | torch.Tensor,
     tta: str = "none",
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
-    """Class probabilities (N x C) for uint8 N x 48 x 48 faces, averaged over TTA views."""
+    """Class probabilities (N x C) for uint8 N x 48 x 48 faces, averaged over TTA views.
+
+    ``model``: a torch module (run in eval mode on ``device``, channels_last), or any
+    callable from a normalised float N x 1 x 48 x 48 tensor to N x C logits, such as
+    `ferkit.export.OnnxClassifier`; both share the normalisation, TTA and softmax here.
+    """
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; use one of {TTA_MODES}")
     device = torch.device(device)
-    model = model.to(device).eval()
+    is_module = isinstance(model, torch.nn.Module)
+    if is_module:
+        model = model.to(device).eval()
     data = torch.as_tensor(images)
     batches = range(0, len(data), batch_size)
     if progress:
@@ -51,8 +59,11 @@ def predict_probs(
         x = normalize(data[i : i + batch_size].to(device))
         views = tta_views(x, tta)
         v, n = views.shape[:2]
-        flat = views.reshape(v * n, *views.shape[2:]).contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(model(flat).float(), dim=1).reshape(v, n, -1).mean(0)
+        flat = views.reshape(v * n, *views.shape[2:])
+        if is_module:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        logits = torch.as_tensor(model(flat), device=device).float()
+        probs = torch.softmax(logits, dim=1).reshape(v, n, -1).mean(0)
         out.append(probs.cpu())
     return torch.cat(out).numpy()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import nn
 
@@ -224,7 +225,13 @@ class Recognizer:
     or ``(nn.Module, metadata)`` with ``metadata["class_names"]``. ``detector``: a name from
     `ferkit.faces.list_detectors()` or a `FaceDetector`. ``margin``: crop margin (default:
     the checkpoint's ``preprocessing.margin``, else 0.2). ``tta``: test-time views as in
-    evaluation ("none", "flip", "ten-crop"). ``backend="onnx"`` is not available yet.
+    evaluation ("none", "flip", "ten-crop").
+
+    ``backend="onnx"`` runs the classifier with onnxruntime on the CPU (``pip install
+    'ferkit[export]'``), with the same preprocessing, TTA and softmax as ``"torch"``:
+    ``model`` may then also be an ``.onnx`` file written by `ferkit.export.export_onnx`;
+    any other model is exported once into ferkit's cache folder. Its threads follow
+    ``torch.get_num_threads()``.
     """
 
     def __init__(
@@ -239,16 +246,23 @@ class Recognizer:
         batch_size: int = 128,
     ) -> None:
         if backend == "onnx":
-            raise NotImplementedError(
-                "backend='onnx' is not available yet (it comes with ONNX export); use 'torch'"
-            )
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; use 'torch'")
-        from .train import resolve_device
+            from .export import onnx_backend
 
-        self.device = resolve_device(device)
-        self.model, self.meta = _resolve_model(model)
-        self.model = self.model.to(self.device).eval()
+            if device not in ("auto", "cpu"):
+                raise ValueError("backend='onnx' runs on the CPU; use device='cpu' or 'auto'")
+            self.device = torch.device("cpu")
+            self.model, self.meta = onnx_backend(model, threads=torch.get_num_threads())
+        elif backend == "torch":
+            from .train import resolve_device
+
+            if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+                raise ValueError(f"{model}: an ONNX file needs backend='onnx'")
+            self.device = resolve_device(device)
+            self.model, self.meta = _resolve_model(model)
+            self.model = self.model.to(self.device).eval()
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        self.backend = backend
         if "class_names" not in self.meta:
             raise ValueError("model metadata has no 'class_names'")
         self.class_names = [str(c) for c in self.meta["class_names"]]

@@ -1,0 +1,512 @@
+"""Why the model said so: CBAM attention maps and Grad-CAM for each face (``ferkit explain``).
+
+`explain` detects the faces of an image as `Recognizer.predict` does and, for each face,
+returns the spatial attention maps of the model's CBAM modules (read with forward hooks on
+their ``spatial`` part) and a Grad-CAM heat map of the predicted class, computed on the
+output of the model's ``features()`` method (R. R. Selvaraju et al., "Grad-CAM", ICCV
+2017). `render_explanations` draws them into one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .faces import FACE_SIZE, crop_face, faces_to_tensor
+from .models.layers import SpatialAttention
+from .recognize import Face, LoadedImage, Recognizer, load_image
+
+_CHUNK = 32
+
+
+@dataclass
+class FaceExplanation:
+    """One face and what its prediction rests on.
+
+    ``crop``: the uint8 gray face the model saw (48 x 48). ``attention_maps``: for each CBAM
+    (named by its module path, e.g. ``module1``), its spatial attention map at its own
+    resolution (H x W, values in [0, 1]: the weights CBAM multiplied the features by).
+    ``gradcam``: Grad-CAM of class ``gradcam_class`` at the crop's size, normalised to
+    [0, 1]; None when the model has no ``features()``.
+    """
+
+    face: Face
+    crop: np.ndarray
+    attention_maps: dict[str, np.ndarray]
+    gradcam: np.ndarray | None
+    gradcam_class: str | None = None
+
+
+def _spatial_modules(model: nn.Module) -> list[tuple[str, SpatialAttention]]:
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, SpatialAttention):
+            short = name
+            for suffix in (".spatial", ".cbam"):
+                short = short.removesuffix(suffix)
+            out.append((short or name or "spatial", module))
+    return out
+
+
+def _has_features(model: nn.Module) -> bool:
+    return callable(getattr(model, "features", None))
+
+
+def check_explainable(model: nn.Module) -> None:
+    """Raise ValueError naming what is missing when ``model`` has nothing to explain with."""
+    if not _spatial_modules(model) and not _has_features(model):
+        raise ValueError(
+            f"{type(model).__name__} has no CBAM spatial attention (for attention maps) and "
+            "no features() method (for Grad-CAM): nothing to explain it with"
+        )
+
+
+class _FeatureCapture:
+    """Records the output of ``model.features`` while the model's forward runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.output: torch.Tensor | None = None
+        self._handle = None
+        self._patched = False
+
+    def _record(self, value):
+        self.output = value
+        return value
+
+    def __enter__(self) -> _FeatureCapture:
+        features = self.model.features
+        if isinstance(features, nn.Module):
+            self._handle = features.register_forward_hook(lambda m, i, o: self._record(o))
+        else:
+
+            def wrapped(*args, **kwargs):
+                return self._record(features(*args, **kwargs))
+
+            object.__setattr__(self.model, "features", wrapped)
+            self._patched = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        if self._patched:
+            del self.model.__dict__["features"]
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each N x H x W map scaled to [0, 1] (min-max); constant maps become zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    hi = flat.max(dim=1).values[:, None, None]
+    span = hi - lo
+    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def _target_index(target: str | int | None, class_names: Sequence[str]) -> int | None:
+    """The class index of ``target`` (a class name, or an index as int or digits)."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target in class_names:
+            return list(class_names).index(target)
+        if not target.isdigit():
+            raise ValueError(f"unknown class {target!r}; classes: {', '.join(class_names)}")
+        target = int(target)
+    if not 0 <= target < len(class_names):
+        raise ValueError(f"class index {target} out of range 0..{len(class_names) - 1}")
+    return int(target)
+
+
+def _explain_batch(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+    """(logits, attention maps N x H x W by name, Grad-CAM N x S x S or None, targets).
+
+    ``targets``: the class of each input Grad-CAM explains (default: the top logit's).
+    """
+    maps: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in _spatial_modules(model):
+
+        def hook(m, inputs, output, name=name):
+            with torch.no_grad():
+                maps[name] = m.attention(inputs[0]).detach()[:, 0].float().cpu()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        if not _has_features(model):
+            with torch.no_grad():
+                logits = model(x).float()
+            if targets is None:
+                targets = logits.argmax(1)
+            return logits.cpu(), maps, None, targets.cpu()
+        with torch.enable_grad(), _FeatureCapture(model) as cap:
+            # a graph even when the weights are frozen
+            logits = model(x.detach().requires_grad_(True))
+        feats = cap.output
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 4 or not feats.requires_grad:
+            raise ValueError(
+                f"{type(model).__name__}.forward() did not call features(), or features() "
+                "did not return an N x C x H x W tensor on the path to the logits; Grad-CAM "
+                "needs that feature map"
+            )
+        if targets is None:
+            targets = logits.detach().argmax(1)
+        targets = targets.to(logits.device)
+        chosen = logits.gather(1, targets[:, None]).sum()
+        (grads,) = torch.autograd.grad(chosen, feats)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach().float()
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.detach().float().cpu(), maps, _normalise(cam[:, 0]).cpu(), targets.cpu()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _num_classes(model: nn.Module, size: int = FACE_SIZE) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(torch.zeros(1, 1, size, size, device=_model_device(model))).shape[1])
+    finally:
+        model.train(was_training)
+
+
+def _explanations(
+    model: nn.Module,
+    crops: np.ndarray,
+    class_names: Sequence[str],
+    target: int | None,
+    faces,
+    device: torch.device,
+    probs_override: np.ndarray | None = None,
+) -> list[FaceExplanation]:
+    """Explain N uint8 crops; ``faces(k, probs)`` builds face k's `Face`."""
+    out: list[FaceExplanation] = []
+    for start in range(0, len(crops), _CHUNK):
+        chunk = crops[start : start + _CHUNK]
+        x = faces_to_tensor(chunk, chunk.shape[-1]).to(device)
+        if probs_override is not None and target is None:
+            targets = torch.from_numpy(probs_override[start : start + _CHUNK].argmax(1)).long()
+        elif target is not None:
+            targets = torch.full((len(chunk),), target, dtype=torch.long)
+        else:
+            targets = None
+        logits, maps, cams, targets = _explain_batch(model, x, targets)
+        probs = torch.softmax(logits, dim=1).numpy()
+        if probs_override is not None:
+            probs = probs_override[start : start + _CHUNK]
+        for k, crop in enumerate(chunk):
+            out.append(
+                FaceExplanation(
+                    face=faces(start + k, probs[k]),
+                    crop=crop,
+                    attention_maps={n: m[k].numpy() for n, m in maps.items()},
+                    gradcam=None if cams is None else cams[k].numpy(),
+                    gradcam_class=None if cams is None else class_names[int(targets[k])],
+                )
+            )
+    return out
+
+
+def explain_crops(
+    model: nn.Module,
+    crops: np.ndarray | Sequence[np.ndarray],
+    class_names: Sequence[str] | None = None,
+    target: str | int | None = None,
+) -> list[FaceExplanation]:
+    """`FaceExplanation` of uint8 square gray face crops (no detection; boxes cover the crop).
+
+    ``class_names``: default "0", "1", ... ``target``: the class (name or index) Grad-CAM
+    explains; default each face's predicted class. The model is put in eval mode and run
+    on its own device.
+    """
+    check_explainable(model)
+    crops = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if len(crops) else None
+    if crops is None:
+        return []
+    model.eval()
+    names = list(class_names or [str(i) for i in range(_num_classes(model, crops.shape[-1]))])
+    target_idx = _target_index(target, names)
+
+    def face(k: int, probs: np.ndarray) -> Face:
+        best = int(np.argmax(probs))
+        return Face(
+            box=[0, 0, int(crops.shape[2]), int(crops.shape[1])],
+            landmarks=None,
+            scores={c: float(p) for c, p in zip(names, probs, strict=True)},
+            label=names[best],
+            confidence=float(probs[best]),
+        )
+
+    return _explanations(model, crops, names, target_idx, face, _model_device(model))
+
+
+def _as_recognizer(obj, detector) -> Recognizer:
+    if isinstance(obj, Recognizer):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
+        model, meta = obj
+    elif isinstance(obj, nn.Module):
+        model, meta = obj, {}
+    else:
+        raise TypeError(
+            "explain() takes a Recognizer, an nn.Module or (nn.Module, metadata), not "
+            f"{type(obj).__name__}"
+        )
+    check_explainable(model)
+    meta = dict(meta)
+    if "class_names" not in meta:
+        meta["class_names"] = [str(i) for i in range(_num_classes(model))]
+    return Recognizer(model=(model, meta), detector=detector, device=str(_model_device(model)))
+
+
+def explain(
+    recognizer_or_model,
+    image,
+    *,
+    color: str = "rgb",
+    target: str | int | None = None,
+    detector: str = "haar",
+) -> list[FaceExplanation]:
+    """Attention maps and Grad-CAM for each face of ``image``, sorted left to right.
+
+    ``recognizer_or_model``: a `Recognizer` (its detector, crop and device are used), an
+    ``nn.Module``, or ``(nn.Module, metadata)`` (faces found with ``detector``; the model is
+    put in eval mode and stays on its device; class names from ``metadata["class_names"]``,
+    else "0", "1", ...). ``image``: anything `ferkit.recognize.load_image` takes (``color``
+    is the channel order of arrays). ``target``: the class (name or index) Grad-CAM
+    explains; default each face's predicted class. Each explanation's ``face`` has its box
+    in full-image pixels, as `Recognizer.predict` gives. Attention maps need a model with
+    CBAM, Grad-CAM one with ``features()``; a model with neither raises ValueError.
+
+    The scores come from the single view the maps explain; with ``tta`` set on the
+    recognizer they are its test-time-augmented scores instead, and the default Grad-CAM
+    class is their top class.
+    """
+    rec = _as_recognizer(recognizer_or_model, detector)
+    check_explainable(rec.model)
+    target_idx = _target_index(target, rec.class_names)
+    loaded = load_image(image, color, rec.max_side)
+    found = sorted(rec.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
+    if not found:
+        return []
+    crops = np.stack(
+        [
+            crop_face(
+                loaded.pixels,
+                d.box,
+                rec.margin,
+                rec.size,
+                eyes=d.landmarks[:2] if d.landmarks else None,
+            )
+            for d in found
+        ]
+    )
+    tta_probs = rec.classify(crops) if rec.tta != "none" else None
+    return _explanations(
+        rec.model,
+        crops,
+        rec.class_names,
+        target_idx,
+        lambda k, probs: rec._face(found[k], probs, loaded.scale),
+        rec.device,
+        tta_probs,
+    )
+
+
+def upsample(heatmap: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """A map resized bilinearly to size x size (as Grad-CAM is)."""
+    t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _overview(image) -> tuple[np.ndarray, float, float]:
+    """Pixels to show the whole image (longer side <= 800) and full-image px per shown px."""
+    loaded = image if isinstance(image, LoadedImage) else load_image(image)
+    pixels = loaded.pixels
+    sx, sy = loaded.scale
+    h, w = pixels.shape[:2]
+    shrink = min(1.0, 800 / max(h, w))
+    if shrink < 1.0:
+        from .faces import resize
+
+        pixels = resize(pixels, max(1, round(w * shrink)), max(1, round(h * shrink)))
+        sx, sy = sx * w / pixels.shape[1], sy * h / pixels.shape[0]
+    return pixels, sx, sy
+
+
+def render_explanations(
+    image, explanations: Sequence[FaceExplanation], path: str | os.PathLike
+) -> Path:
+    """Draw ``explanations`` into one image file (PNG unless ``path`` names another format).
+
+    On top, ``image`` (anything `load_image` takes; None to leave it out) with the faces
+    numbered; then one row per face: the crop the model saw, each attention map and the
+    Grad-CAM overlaid on it, and the class scores. Needs matplotlib (``pip install
+    'ferkit[plots]'``); draws off screen (Agg), leaving pyplot's backend alone.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:
+        raise ImportError(
+            "drawing explanations needs matplotlib: pip install 'ferkit[plots]'"
+        ) from exc
+    if not explanations:
+        raise ValueError("no explanations to draw (no face found?)")
+    map_names = list(explanations[0].attention_maps)
+    has_cam = explanations[0].gradcam is not None
+    ncols = 1 + len(map_names) + int(has_cam) + 1
+    rows = len(explanations)
+    show_image = image is not None
+    row_h, col_w, top_h = 2.3, 2.2, 4.2
+    fig = Figure(figsize=(ncols * col_w, rows * row_h + (top_h if show_image else 0)), dpi=100)
+    FigureCanvasAgg(fig)
+    heights = ([top_h] if show_image else []) + [row_h] * rows
+    grid = fig.add_gridspec(
+        len(heights),
+        ncols,
+        height_ratios=heights,
+        hspace=0.9 / (sum(heights) / len(heights)),  # about 0.9 inch between rows
+        wspace=0.35,
+    )
+    if show_image:
+        pixels, sx, sy = _overview(image)
+        ax = fig.add_subplot(grid[0, :])
+        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255)
+        for k, e in enumerate(explanations, 1):
+            x, y, w, h = e.face.box
+            ax.add_patch(
+                Rectangle((x / sx, y / sy), w / sx, h / sy, fill=False, color="yellow", lw=2)
+            )
+            ax.text(
+                x / sx,
+                y / sy - 3,
+                f"{k}: {e.face.label} {e.face.confidence:.0%}",
+                color="black",
+                fontsize=9,
+                va="bottom",
+                bbox={"facecolor": "yellow", "edgecolor": "none", "pad": 1.5},
+            )
+        ax.set_axis_off()
+        ax.set_title(f"{len(explanations)} face(s)", fontsize=10)
+    for r, e in enumerate(explanations):
+        row = r + int(show_image)
+        crop = np.asarray(e.crop)
+        size = crop.shape[0]
+        ax = fig.add_subplot(grid[row, 0])
+        ax.imshow(crop, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(
+            f"face {r + 1}: {e.face.label} {e.face.confidence:.0%}",
+            fontsize=9,
+            fontweight="bold",
+        )
+        ax.set_axis_off()
+        panels = [
+            (f"{n} attention\n{m.shape[0]}x{m.shape[1]}, {m.min():.3f}-{m.max():.3f}", m)
+            for n, m in e.attention_maps.items()
+        ]
+        if e.gradcam is not None:
+            panels.append((f"Grad-CAM\n({e.gradcam_class})", e.gradcam))
+        for c, (title, heat) in enumerate(panels, 1):
+            ax = fig.add_subplot(grid[row, c])
+            ax.imshow(crop, cmap="gray", vmin=0, vmax=255)
+            heat = upsample(heat, size)
+            lo, hi = float(heat.min()), float(heat.max())
+            if hi - lo < 1e-6:  # a flat map: its absolute value on the 0..1 scale
+                lo, hi = 0.0, 1.0
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+        ax = fig.add_subplot(grid[row, ncols - 1])
+        names = list(e.face.scores)
+        values = [e.face.scores[n] for n in names]
+        colours = ["tab:orange" if n == e.face.label else "tab:blue" for n in names]
+        ax.barh(range(len(names)), values, color=colours)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title("scores", fontsize=8)
+    bottom = ax.get_position().y0 - 0.45 / fig.get_figheight()  # below the last row's ticks
+    fig.text(
+        0.5,
+        bottom,
+        "overlays: red = high, blue = low; each map is stretched over its own range "
+        "(attention ranges in the titles)",
+        ha="center",
+        va="top",
+        fontsize=8,
+        color="0.3",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=None if path.suffix else "png", bbox_inches="tight")
+    return path
+
+
+# ---- the command ----
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``explain`` command to the ``ferkit`` command's subparsers."""
+    p = subparsers.add_parser(
+        "explain",
+        help="show what the model looked at: attention maps and Grad-CAM per face",
+        description="Detect the faces of a photo and draw, for each, the crop the model saw, "
+        "its CBAM spatial attention maps, the Grad-CAM of the predicted class and the "
+        "scores, into one PNG. No face: says so, writes nothing, exit status 0.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="photo file")
+    p.add_argument("--out", required=True, metavar="OUT.png", help="image file to write")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
+    )
+    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="CLASS",
+        help="class whose Grad-CAM to draw (default: each face's predicted class)",
+    )
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    loaded = load_image(args.image, max_side=recognizer.max_side)
+    explanations = explain(recognizer, loaded, target=args.target)
+    if not explanations:
+        print(f"{args.image}: no face found")
+        return 0
+    for k, e in enumerate(explanations, 1):
+        box = ", ".join(str(v) for v in e.face.box)
+        print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}")
+    render_explanations(loaded, explanations, args.out)
+    print(f"explanation written to {args.out}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,458 @@
+"""ONNX and TorchScript export, the onnxruntime classifier, int8 quantization, ``ferkit export``.
+
+An exported file is self-describing: besides the network (normalised float N x 1 x 48 x 48
+in, N x C logits out) it carries the class names and the preprocessing (crop size, gray,
+normalisation mean and std, crop margin) as ONNX ``metadata_props`` (JSON values) or as the
+TorchScript extra file ``ferkit.json``; `read_onnx_metadata` and `load_torchscript` read
+them back. The input is ``(pixel / 255 - mean) / std`` of the uint8 crop that
+`ferkit.faces.crop_face` makes.
+
+`OnnxClassifier` runs an ONNX file with onnxruntime's CPU provider; it is what
+``Recognizer(backend="onnx")`` uses, through the same TTA and softmax code as the torch
+backend (`ferkit.evaluate.predict_probs`).
+
+int8 (`quantize_onnx`): static quantization (QDQ, per-channel int8 weights, uint8
+activations calibrated on real faces). Dynamic quantization was tried and left out: it
+turns this network's convolutions into ``ConvInteger``, which ran slower than fp32 here.
+``ferkit export --int8`` writes the int8 file only when its PublicTest accuracy is within
+0.5 points of the fp32 model's (`export_int8`).
+
+onnx and onnxruntime are optional: ``pip install 'ferkit[export]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import PIXEL_MEAN, PIXEL_STD
+from .faces import DEFAULT_MARGIN, FACE_SIZE
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+#: The largest PublicTest accuracy difference (percentage points) `export_int8` accepts.
+INT8_TOLERANCE = 0.5
+CALIBRATION_FACES = 512
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_TORCHSCRIPT_META = "ferkit.json"
+_INSTALL_HINT = "pip install 'ferkit[export]'"
+
+
+class Int8AccuracyError(ValueError):
+    """The int8 model's accuracy is too far from the fp32 model's; it was not written."""
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the onnx package: {_INSTALL_HINT}") from exc
+    return onnx
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"the ONNX backend needs onnxruntime: {_INSTALL_HINT}") from exc
+    return onnxruntime
+
+
+def _resolve(model_or_checkpoint) -> tuple[nn.Module, dict]:
+    from .recognize import _resolve_model
+
+    return _resolve_model(model_or_checkpoint)
+
+
+def export_metadata(meta: dict) -> dict:
+    """What an exported file carries: class names, full preprocessing, model and version."""
+    from . import __version__
+
+    if "class_names" not in meta:
+        raise ValueError("model metadata has no 'class_names'")
+    prep = {
+        "size": FACE_SIZE,
+        "gray": True,
+        "mean": PIXEL_MEAN,
+        "std": PIXEL_STD,
+        "margin": DEFAULT_MARGIN,
+        **meta.get("preprocessing", {}),
+    }
+    out = {
+        "class_names": [str(c) for c in meta["class_names"]],
+        "preprocessing": prep,
+        "input": f"float N x 1 x {prep['size']} x {prep['size']}: (pixel / 255 - mean) / std",
+        "output": "logits",
+        "ferkit_version": __version__,
+    }
+    for key in ("model", "model_options", "quantization"):
+        if key in meta:
+            out[key] = meta[key]
+    return out
+
+
+def _example_input(model: nn.Module, meta: dict) -> torch.Tensor:
+    size = int(meta["preprocessing"]["size"])
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.zeros(1, 1, size, size, device=device)
+
+
+def _onnx_bytes(model: nn.Module, meta: dict, opset: int, dynamic_batch: bool) -> bytes:
+    """The serialised ONNX model with ``export_metadata(meta)`` as its metadata_props."""
+    onnx = _import_onnx()
+    info = export_metadata(meta)
+    model = model.eval()
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        torch.onnx.export(
+            model,
+            (_example_input(model, info),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    _set_onnx_metadata(proto, info)
+    return proto.SerializeToString()
+
+
+def _set_onnx_metadata(proto, info: dict) -> None:
+    del proto.metadata_props[:]
+    for key, value in info.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    proto.producer_name = "ferkit"
+    proto.producer_version = str(info.get("ferkit_version", ""))
+
+
+def _decode_metadata(props: dict[str, str]) -> dict:
+    out = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # plain strings (``input``, ``output``, ...)
+    return out
+
+
+def _write_atomically(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_onnx(
+    model_or_checkpoint,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Write the model as an ONNX file; the path written.
+
+    ``model_or_checkpoint``: a shipped weights name, a checkpoint path, ``(nn.Module,
+    metadata)`` with ``metadata["class_names"]``, or None (the default shipped weights).
+    ``dynamic_batch=False`` fixes the batch size at 1.
+    """
+    model, meta = _resolve(model_or_checkpoint)
+    data = _onnx_bytes(model, meta, opset, dynamic_batch)
+    return _write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
+    """The ferkit metadata of an exported ONNX file (class names, preprocessing, ...)."""
+    onnx = _import_onnx()
+    proto = onnx.load(str(path), load_external_data=False)
+    return _decode_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
+    """Write the model traced in eval mode as TorchScript, with its metadata; the path."""
+    model, meta = _resolve(model_or_checkpoint)
+    info = export_metadata(meta)
+    model = model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
+        traced = torch.jit.trace(model, _example_input(model, info))
+    extra = {_TORCHSCRIPT_META: json.dumps(info)}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
+
+    return _write_atomically(Path(path), save)
+
+
+def load_torchscript(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict]:
+    """``(module, metadata)`` of a file written by `export_torchscript`."""
+    extra = {_TORCHSCRIPT_META: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    meta = json.loads(extra[_TORCHSCRIPT_META]) if extra[_TORCHSCRIPT_META] else {}
+    return module.eval(), meta
+
+
+class OnnxClassifier:
+    """An exported ONNX classifier run by onnxruntime on the CPU.
+
+    ``model``: an ONNX file path or its bytes. ``threads``: onnxruntime's intra-op threads
+    (None: onnxruntime's default, one per physical core). Calling it with a float
+    N x 1 x 48 x 48 batch (numpy or torch, normalised as ``meta["preprocessing"]`` says)
+    gives N x C float32 logits (numpy). ``meta`` holds the file's ferkit metadata and
+    ``class_names`` its classes.
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None) -> None:
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        batch = inp.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+        self.meta = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.class_names = [str(c) for c in self.meta.get("class_names", [])]
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float32).numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        b = self.fixed_batch
+        if b is None or len(x) == b:
+            return self.session.run(None, {self.input_name: x})[0]
+        # a fixed-batch file: run in chunks of its batch size, the last one padded
+        out = []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            pad = b - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            out.append(self.session.run(None, {self.input_name: chunk})[0][: b - pad])
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+
+def _weights_digest(model: nn.Module, meta: dict, opset: int) -> str:
+    from . import __version__
+
+    h = hashlib.sha256(
+        json.dumps(
+            [__version__, torch.__version__, opset, meta], sort_keys=True, default=str
+        ).encode()
+    )
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:20]
+
+
+def onnx_backend(model=None, threads: int | None = None) -> tuple[OnnxClassifier, dict]:
+    """``(OnnxClassifier, metadata)`` for ``Recognizer(backend="onnx")``.
+
+    ``model``: an ``.onnx`` file, or anything `export_onnx` takes; the latter is exported
+    once into ``ferkit's cache folder/onnx/`` (keyed by its weights and metadata), or kept
+    in memory when that folder cannot be written.
+    """
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
+        if not Path(model).exists():
+            raise FileNotFoundError(f"{model}: no such ONNX file")
+        classifier = OnnxClassifier(model, threads)
+        return classifier, classifier.meta
+    from .data.readers import cache_dir
+
+    module, meta = _resolve(model)
+    name = f"{meta.get('model', 'model')}-{_weights_digest(module, meta, DEFAULT_OPSET)}.onnx"
+    path = cache_dir() / "onnx" / name
+    if not path.exists():
+        data = _onnx_bytes(module, meta, DEFAULT_OPSET, dynamic_batch=True)
+        try:
+            _write_atomically(path, lambda tmp: tmp.write_bytes(data))
+        except OSError:
+            return OnnxClassifier(data, threads), meta
+    return OnnxClassifier(path, threads), meta
+
+
+# ---- int8 ----
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over uint8 faces (normalised here)."""
+
+    def __init__(self, faces: np.ndarray, batch: int = 64) -> None:
+        from .augment import normalize
+
+        self._batches = (
+            {INPUT_NAME: normalize(torch.from_numpy(faces[i : i + batch])).numpy()}
+            for i in range(0, len(faces), batch)
+        )
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray) -> Path:
+    """Statically quantize an exported fp32 ONNX file to int8; the path written.
+
+    ``calibration``: uint8 N x 48 x 48 faces (a few hundred real ones) whose activation
+    ranges fix the uint8 scales. Weights are int8 per output channel (QDQ format). The
+    metadata is kept, with ``quantization`` added.
+    """
+    onnx = _import_onnx()
+    _import_onnxruntime()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = np.asarray(calibration)
+    if calibration.ndim != 3 or calibration.dtype != np.uint8 or len(calibration) == 0:
+        raise ValueError("calibration must be uint8 N x 48 x 48 faces (N >= 1)")
+    info = read_onnx_metadata(src)
+    with tempfile.TemporaryDirectory(prefix="ferkit-quant-") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(quantized))
+    info["quantization"] = (
+        f"int8 static QDQ: per-channel int8 weights, uint8 activations calibrated on "
+        f"{len(calibration)} faces"
+    )
+    _set_onnx_metadata(proto, info)
+    data = proto.SerializeToString()
+    return _write_atomically(Path(dst), lambda p: p.write_bytes(data))
+
+
+def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
+    from .evaluate import predict_probs
+
+    probs = predict_probs(classifier, images, batch_size=256)
+    return 100.0 * float((probs.argmax(1) == labels).mean())
+
+
+def export_int8(
+    model_or_checkpoint,
+    path: str | os.PathLike,
+    data: str | os.PathLike,
+    ferplus: str | None = None,
+    tolerance: float = INT8_TOLERANCE,
+    calibration_size: int = CALIBRATION_FACES,
+    threads: int | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[Path, float, float]:
+    """Write an int8 ONNX file only if it scores like the fp32 one: ``(path, fp32, int8)``.
+
+    Calibrates on ``calibration_size`` random Training faces of ``data``, scores the fp32
+    and int8 files on its PublicTest split (accuracy in percent) and raises
+    `Int8AccuracyError` with both numbers, writing nothing, when they differ by more than
+    ``tolerance`` points.
+    """
+    from .data import DataError
+    from .evaluate import load_eval_data
+
+    model, meta = _resolve(model_or_checkpoint)
+    faces = load_eval_data(meta, data, ferplus)
+    train = faces.subset("Training")
+    test = faces.subset("PublicTest")
+    if len(train) == 0 or len(test) == 0 or (test.labels < 0).any():
+        raise DataError(f"{data}: int8 export needs Training faces and labelled PublicTest faces")
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(train), min(calibration_size, len(train)), replace=False))
+    with tempfile.TemporaryDirectory(prefix="ferkit-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        fp32.write_bytes(_onnx_bytes(model, meta, opset, dynamic_batch=True))
+        int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", train.images[pick])
+        acc32 = _accuracy(OnnxClassifier(fp32, threads), test.images, test.labels)
+        acc8 = _accuracy(OnnxClassifier(int8, threads), test.images, test.labels)
+        if abs(acc8 - acc32) > tolerance:
+            raise Int8AccuracyError(
+                f"int8 model not written: its PublicTest accuracy {acc8:.2f}% differs from the "
+                f"fp32 model's {acc32:.2f}% by {abs(acc8 - acc32):.2f} points (at most "
+                f"{tolerance} allowed); export without --int8 for the fp32 model"
+            )
+        data_bytes = int8.read_bytes()
+    out = _write_atomically(Path(path), lambda p: p.write_bytes(data_bytes))
+    return out, acc32, acc8
+
+
+# ---- the export command ----
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``export`` command to the ``ferkit`` command's subparsers."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX or TorchScript",
+        description="Write a self-describing ONNX or TorchScript file (class names and "
+        "preprocessing inside). --int8 writes a statically quantized ONNX file, only when "
+        f"its PublicTest accuracy on --data is within {INT8_TOLERANCE} points of fp32's.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model", default=None, help="shipped weights name (default: mba_cnn-fer2013)"
+    )
+    src.add_argument("--checkpoint", default=None, help="checkpoint path (with or without suffix)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: 17)")
+    p.add_argument("--int8", action="store_true", help="int8 static quantization (ONNX only)")
+    p.add_argument("--data", default=None, help="dataset for --int8 calibration and its check")
+    p.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    source = args.checkpoint or args.model
+    if args.int8:
+        if args.format != "onnx":
+            raise ValueError("--int8 is for --format onnx only")
+        if not args.data:
+            raise ValueError(
+                "--int8 needs --data PATH: the int8 file is written only when its PublicTest "
+                f"accuracy on that dataset is within {INT8_TOLERANCE} points of the fp32 model's"
+            )
+        path, acc32, acc8 = export_int8(source, args.out, args.data, args.ferplus, opset=args.opset)
+        print(f"PublicTest accuracy: fp32 {acc32:.2f}%, int8 {acc8:.2f}%")
+    elif args.format == "onnx":
+        path = export_onnx(source, args.out, opset=args.opset)
+    else:
+        path = export_torchscript(source, args.out)
+    kind = "int8 onnx" if args.int8 else args.format
+    print(f"wrote {path} ({kind}, {path.stat().st_size / 2**20:.1f} MiB)")
+    return 0

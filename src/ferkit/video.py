@@ -1,0 +1,640 @@
+"""Expressions in videos and live from a camera: ``ferkit video`` and ``ferkit webcam``.
+
+`process_video` streams the frames of a video file (or a camera) through a `Recognizer`
+one at a time, so memory stays bounded whatever the video's length; `IouTracker` gives
+each face an id that stays the same while the face moves (a new id when a face matches no
+live track; a track expires after a few analysed frames without a match) and can smooth
+each track's scores over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import operator
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .faces import _import_cv2
+from .recognize import _PALETTE, Face, Recognizer
+
+#: Frames per second written when a video does not say its own.
+DEFAULT_FPS = 25.0
+_WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+@dataclass
+class TrackedFace(Face):
+    """A `Face` in a video with ``track_id``: the same number while the same face is tracked.
+
+    With smoothing, ``scores``, ``label`` and ``confidence`` are the smoothed values.
+    """
+
+    track_id: int = 0
+
+    def to_dict(self) -> dict:
+        return {"id": int(self.track_id), **super().to_dict()}
+
+
+@dataclass
+class FrameResult:
+    """One frame of a video: its index (from 0), its time in seconds, and its faces.
+
+    ``processed`` is False on the frames between two analysed ones (``every`` > 1): their
+    ``faces`` are those of the last analysed frame, carried over.
+    """
+
+    frame_index: int
+    time_s: float
+    faces: list[TrackedFace]
+    processed: bool = True
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: list[int]
+    scores: np.ndarray | None = None
+    missed: int = 0
+
+
+@dataclass
+class IouTracker:
+    """Stable face ids across frames by box overlap.
+
+    Each `update` matches the new faces to the live tracks greedily, highest IoU first
+    (pairs below ``iou_threshold`` never match). A face left unmatched starts a new track
+    with the next id; a track left unmatched for more than ``max_missed`` consecutive
+    updates is dropped. ``smoothing`` (alpha in [0, 1)) blends each track's scores
+    exponentially: ``s = alpha * s_previous + (1 - alpha) * scores``; 0 keeps the raw scores.
+    """
+
+    iou_threshold: float = 0.3
+    max_missed: int = 5
+    smoothing: float = 0.0
+    tracks: list[_Track] = field(default_factory=list)
+    next_id: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        if self.max_missed < 0:
+            raise ValueError(f"max_missed must be >= 0, got {self.max_missed}")
+
+    def update(self, faces: Sequence[Face]) -> list[TrackedFace]:
+        """The faces of the next analysed frame, in their order, with track ids."""
+        pairs = sorted(
+            (
+                (box_iou(t.box, f.box), ti, fi)
+                for ti, t in enumerate(self.tracks)
+                for fi, f in enumerate(faces)
+            ),
+            key=lambda p: -p[0],
+        )
+        track_of: dict[int, _Track] = {}
+        used: set[int] = set()
+        for overlap, ti, fi in pairs:
+            if overlap < self.iou_threshold:
+                break
+            if ti in used or fi in track_of:
+                continue
+            used.add(ti)
+            track_of[fi] = self.tracks[ti]
+        for ti, t in enumerate(self.tracks):
+            if ti not in used:
+                t.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        out = []
+        for fi, face in enumerate(faces):
+            track = track_of.get(fi)
+            if track is None:
+                track = _Track(self.next_id, list(face.box))
+                self.next_id += 1
+                self.tracks.append(track)
+            out.append(self._tracked(track, face))
+        return out
+
+    def _tracked(self, track: _Track, face: Face) -> TrackedFace:
+        names = list(face.scores)
+        raw = np.array([face.scores[c] for c in names], dtype=np.float64)
+        if track.scores is None or self.smoothing == 0.0 or len(track.scores) != len(raw):
+            scores = raw
+        else:
+            scores = self.smoothing * track.scores + (1.0 - self.smoothing) * raw
+        track.box, track.scores, track.missed = list(face.box), scores, 0
+        best = int(np.argmax(scores))
+        return TrackedFace(
+            box=list(face.box),
+            landmarks=face.landmarks,
+            scores={c: float(s) for c, s in zip(names, scores, strict=True)},
+            label=names[best],
+            confidence=float(scores[best]),
+            detection_score=face.detection_score,
+            track_id=track.track_id,
+        )
+
+
+def _usable_fps(fps: float) -> float | None:
+    return float(fps) if fps and math.isfinite(fps) and 0 < fps <= 1000 else None
+
+
+class VideoStream:
+    """The iterator `process_video` returns; also tells the video's size and frame rate.
+
+    ``fps`` is None when the video does not say it (or for a camera, where times are wall
+    clock); ``frame_count`` is None when unknown. Iterate once; `close` (or leaving a
+    ``with`` block, or reaching the end) releases the video.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | int,
+        recognizer: Recognizer,
+        every: int = 1,
+        smoothing: float = 0.0,
+        on_frame: Callable[[np.ndarray, FrameResult], None] | None = None,
+        iou_threshold: float = 0.3,
+        max_missed: int = 5,
+    ) -> None:
+        try:
+            every = operator.index(every)
+        except TypeError:
+            raise ValueError(f"every must be a whole number >= 1, got {every!r}") from None
+        if every < 1:
+            raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        self.tracker = IouTracker(iou_threshold, max_missed, smoothing)
+        self.recognizer = recognizer
+        self.every = every
+        self.on_frame = on_frame
+        cv2 = _import_cv2()
+        self.camera = isinstance(source, int) and not isinstance(source, bool)
+        if self.camera:
+            self.name = f"camera {source}"
+            cap = cv2.VideoCapture(source)
+            if not cap.isOpened():
+                cap.release()
+                raise ValueError(
+                    f"{self.name}: cannot open this camera (is one connected, and free? "
+                    "try another --camera number)"
+                )
+        else:
+            self.name = os.fspath(source)
+            path = Path(source)
+            if not path.exists():
+                raise FileNotFoundError(f"{self.name}: no such file")
+            if path.is_dir():
+                raise ValueError(f"{self.name}: is a folder, not a video file")
+            cap = cv2.VideoCapture(self.name)
+            if not cap.isOpened():
+                cap.release()
+                raise ValueError(f"{self.name}: cannot read this video (unknown format or corrupt)")
+        self._cap = cap
+        ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            what = "no frame from this camera" if self.camera else "no frame could be decoded"
+            raise ValueError(f"{self.name}: {what} (corrupt or empty video?)")
+        self._first: np.ndarray | None = first
+        self.height, self.width = first.shape[:2]
+        self.fps = None if self.camera else _usable_fps(cap.get(cv2.CAP_PROP_FPS))
+        count = 0.0 if self.camera else float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = int(count) if math.isfinite(count) and count >= 1 else None
+        self.frames_read = 0
+        self.frames_processed = 0
+        self._gen = self._run()
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self
+
+    def __next__(self) -> FrameResult:
+        return next(self._gen)
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._gen.close()
+        self._first = None
+        self._cap.release()
+
+    def _time(self, index: int, start: float) -> float:
+        if self.camera:
+            return time.monotonic() - start
+        if self.fps is not None:
+            return index / self.fps
+        cv2 = _import_cv2()
+        return max(0.0, float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0)
+
+    def _run(self) -> Iterator[FrameResult]:
+        start = time.monotonic()
+        faces: list[TrackedFace] = []
+        index = 0
+        try:
+            while True:
+                process = index % self.every == 0
+                if index == 0:
+                    frame, self._first = self._first, None
+                elif process or self.on_frame is not None:
+                    ok, frame = self._cap.read()
+                    if not ok or frame is None:
+                        break
+                else:  # nothing needs these pixels: skip the colour conversion
+                    if not self._cap.grab():
+                        break
+                    frame = None
+                self.frames_read += 1
+                when = self._time(index, start)
+                if process:
+                    faces = self.tracker.update(self.recognizer.predict(frame, color="bgr"))
+                    self.frames_processed += 1
+                result = FrameResult(index, when, faces, process)
+                if self.on_frame is not None:
+                    self.on_frame(frame, result)
+                frame = None
+                yield result
+                index += 1
+        finally:
+            self._cap.release()
+
+
+def process_video(
+    source: str | os.PathLike | int,
+    recognizer: Recognizer,
+    every: int = 1,
+    smoothing: float = 0.0,
+    on_frame: Callable[[np.ndarray, FrameResult], None] | None = None,
+    *,
+    iou_threshold: float = 0.3,
+    max_missed: int = 5,
+) -> VideoStream:
+    """Recognise and track the faces of a video, frame by frame: an iterator of `FrameResult`.
+
+    ``source``: a video file path, or a camera number (an int). The video is opened and its
+    first frame decoded at once, so a missing file raises FileNotFoundError and an
+    unreadable or corrupt one ValueError (naming it) from this call; frames are then read
+    one at a time as the iterator advances. ``every``: run recognition on every Nth frame
+    only; the frames between carry the last results (same boxes and ids,
+    ``processed=False``). ``smoothing``: exponential smoothing of each track's scores,
+    alpha in [0, 1) (see `IouTracker`). ``on_frame(frame, result)``: called for every
+    frame before its result is yielded, with the frame as OpenCV decodes it (uint8
+    H x W x 3 BGR; draw on it or write it, but do not keep it). A track expires after
+    ``max_missed`` analysed frames without a match; ``iou_threshold`` is the least box
+    overlap that continues a track.
+    """
+    return VideoStream(source, recognizer, every, smoothing, on_frame, iou_threshold, max_missed)
+
+
+def _bgr(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    return rgb[2], rgb[1], rgb[0]
+
+
+def draw_tracked(
+    frame: np.ndarray, faces: Sequence[TrackedFace], class_names: Sequence[str] = ()
+) -> np.ndarray:
+    """Draw each face's box and "id label 87%" on a BGR frame, in place; returns it.
+
+    Colours follow the label as in `ferkit.recognize.draw_faces`.
+    """
+    cv2 = _import_cv2()
+    h, w = frame.shape[:2]
+    line = max(1, round(max(h, w) / 400))
+    names = list(class_names)
+    for face in faces:
+        x, y, bw, bh = (int(v) for v in face.box)
+        idx = names.index(face.label) if face.label in names else 0
+        colour = _bgr(_PALETTE[idx % len(_PALETTE)])
+        cv2.rectangle(frame, (x, y), (x + bw, y + bh), colour, line)
+        text = f"{face.track_id} {face.label} {face.confidence:.0%}"
+        scale = float(np.clip(bw / 220.0, 0.35, 2.0))
+        thick = max(1, round(scale * 1.5))
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        pad = max(2, th // 4)
+        top = y - th - base - 2 * pad
+        if top < 0:
+            top = y
+        cv2.rectangle(frame, (x, top), (x + tw + 2 * pad, top + th + base + 2 * pad), colour, -1)
+        cv2.putText(
+            frame,
+            text,
+            (x + pad, top + pad + th),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thick,
+            cv2.LINE_AA,
+        )
+    return frame
+
+
+# ---- the commands ----
+
+
+def _every(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _alpha(text: str) -> float:
+    try:
+        a = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= a < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {a}")
+    return a
+
+
+def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
+    p.add_argument(
+        "--every",
+        type=_every,
+        default=1,
+        metavar="N",
+        help="recognise faces on every Nth frame only; the frames between keep the last "
+        "boxes and ids (default: 1, every frame)",
+    )
+    p.add_argument(
+        "--smooth",
+        type=_alpha,
+        default=smooth_default,
+        metavar="ALPHA",
+        help="exponential smoothing of each face's scores over time, alpha in [0, 1): "
+        f"0 = none, 0.8 = heavy (default: {smooth_default:g})",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
+    )
+    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``video`` and ``webcam`` commands to the ``ferkit`` command's subparsers."""
+    v = subparsers.add_parser(
+        "video",
+        help="recognise and track facial expressions in a video file",
+        description="Detect, track and score the faces of a video, frame by frame (memory "
+        "stays small whatever its length). Writes an annotated copy (--out) and/or a CSV "
+        "table (--csv) and prints a summary.",
+    )
+    v.add_argument("input", metavar="IN", help="video file (anything OpenCV/FFmpeg reads)")
+    v.add_argument(
+        "--out",
+        default=None,
+        metavar="ANNOTATED.mp4",
+        help="write a copy with boxes, face ids and labels (.mp4 or .avi; same frame rate "
+        "and size; no audio)",
+    )
+    v.add_argument(
+        "--csv",
+        default=None,
+        metavar="FRAMES.csv",
+        help="write one row per face per analysed frame (a frame without faces gets one "
+        "row with empty face fields); '-' for standard output",
+    )
+    _common_options(v, smooth_default=0.0)
+    v.set_defaults(func=run_video)
+
+    w = subparsers.add_parser(
+        "webcam",
+        help="live facial expressions from a camera (needs a display)",
+        description="Show the camera's picture with each face's box, id and expression "
+        "(press q to quit). Needs a display and an OpenCV with GUI support (not "
+        "opencv-python-headless).",
+    )
+    w.add_argument("--camera", type=int, default=0, help="camera number (default: 0)")
+    _common_options(w, smooth_default=0.5)
+    w.set_defaults(func=run_webcam)
+
+
+def _codec_for(path: Path) -> str:
+    codec = _WRITER_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(
+            f"{path}: cannot tell the video format from this name; use "
+            + " or ".join(sorted(_WRITER_CODECS))
+        )
+    return codec
+
+
+def _writer_for(path: Path, fps: float, size: tuple[int, int]):
+    cv2 = _import_cv2()
+    codec = _codec_for(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    if not writer.isOpened():
+        writer.release()
+        raise ValueError(f"{path}: OpenCV cannot write a {codec} video here")
+    return writer
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+class _CsvOut:
+    def __init__(self, target: str, class_names: list[str]) -> None:
+        if target == "-":
+            self.file, self.owned = sys.stdout, False
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file, self.owned = open(path, "w", newline="", encoding="utf-8"), True
+        self.class_names = class_names
+        self.writer = csv.writer(self.file, lineterminator="\n")
+        self.writer.writerow(
+            ["frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence"] + class_names
+        )
+
+    def write(self, result: FrameResult) -> None:
+        head = [result.frame_index, f"{result.time_s:.3f}"]
+        if not result.faces:
+            self.writer.writerow(head + [""] * (7 + len(self.class_names)))
+        for f in result.faces:
+            self.writer.writerow(
+                head
+                + [f.track_id, *f.box, f.label, f"{f.confidence:.6f}"]
+                + [f"{f.scores[c]:.6f}" for c in self.class_names]
+            )
+
+    def close(self) -> None:
+        if self.owned:
+            self.file.close()
+        else:
+            self.file.flush()
+
+
+def run_video(args: argparse.Namespace) -> int:
+    if args.out and _same_file(args.out, args.input):
+        raise ValueError(f"{args.out}: --out would overwrite the input video")
+    if args.out:
+        _codec_for(Path(args.out))
+    if args.csv and args.csv != "-" and _same_file(args.csv, args.input):
+        raise ValueError(f"{args.csv}: --csv would overwrite the input video")
+    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    names = recognizer.class_names
+    writer = None
+
+    def annotate(frame: np.ndarray, result: FrameResult) -> None:
+        writer.write(draw_tracked(frame, result.faces, names))
+
+    stream = process_video(
+        args.input,
+        recognizer,
+        every=args.every,
+        smoothing=args.smooth,
+        on_frame=annotate if args.out else None,
+    )
+    table = None
+    bar = None
+    faces_seen = 0
+    ids: set[int] = set()
+    start = time.monotonic()
+    try:
+        if args.out:
+            writer = _writer_for(
+                Path(args.out), stream.fps or DEFAULT_FPS, (stream.width, stream.height)
+            )
+        if args.csv:
+            table = _CsvOut(args.csv, names)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=stream.frame_count, unit="frame", file=sys.stderr)
+        for result in stream:
+            if result.processed:
+                faces_seen += len(result.faces)
+                ids.update(f.track_id for f in result.faces)
+                if table is not None:
+                    table.write(result)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        stream.close()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.release()
+        if table is not None:
+            table.close()
+    elapsed = max(time.monotonic() - start, 1e-9)
+    summary = sys.stderr if args.csv == "-" else sys.stdout
+    frames = stream.frames_read
+    expected = (
+        f" (the video says {stream.frame_count})"
+        if stream.frame_count is not None and stream.frame_count != frames
+        else ""
+    )
+    print(
+        f"{args.input}: {frames} frames{expected}, {stream.frames_processed} analysed, "
+        f"{faces_seen} faces seen, {len(ids)} distinct ids, {frames / elapsed:.1f} frames/s",
+        file=summary,
+    )
+    if args.out:
+        print(f"annotated video written to {args.out}", file=summary)
+    if args.csv and args.csv != "-":
+        print(f"CSV written to {args.csv}", file=summary)
+    return 0
+
+
+def _cv2_has_gui(cv2) -> bool:
+    """False when this OpenCV was built without a GUI backend (opencv-python-headless)."""
+    try:
+        info = cv2.getBuildInformation()
+    except Exception:
+        return True
+    for line in info.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "GUI":
+            return value.strip().upper() not in ("NONE", "NO", "")
+    return True
+
+
+def display_problem() -> str | None:
+    """Why no window can be shown here, or None when it seems possible."""
+    cv2 = _import_cv2()
+    if not _cv2_has_gui(cv2):
+        return (
+            f"this OpenCV ({cv2.__version__}) has no GUI support (opencv-python-headless "
+            "never has), so it cannot open a window"
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no display is available (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
+
+
+def run_webcam(args: argparse.Namespace) -> int:
+    problem = display_problem()
+    if problem is not None:
+        print(
+            f"ferkit: error: ferkit webcam shows the camera in a window, but {problem}.\n"
+            "Without a window: record a clip and run `ferkit video CLIP.mp4 --out "
+            "annotated.mp4 --csv frames.csv`, or serve recognition over the network with "
+            "`ferkit serve`.",
+            file=sys.stderr,
+        )
+        return 2
+    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    cv2 = _import_cv2()
+    window = "ferkit webcam (q to quit)"
+
+    def show(frame: np.ndarray, result: FrameResult) -> None:
+        cv2.imshow(window, draw_tracked(frame, result.faces, recognizer.class_names))
+
+    try:
+        stream = process_video(
+            args.camera, recognizer, every=args.every, smoothing=args.smooth, on_frame=show
+        )
+    except ValueError as exc:
+        print(f"ferkit: error: {exc}", file=sys.stderr)
+        return 2
+    frames = 0
+    try:
+        cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+        for _ in stream:
+            frames += 1
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), ord("Q"), 27):
+                break
+            if cv2.getWindowProperty(window, cv2.WND_PROP_VISIBLE) < 1:
+                break  # the window was closed
+        else:
+            print(f"ferkit: camera {args.camera} stopped sending frames", file=sys.stderr)
+    finally:
+        stream.close()
+        cv2.destroyAllWindows()
+    print(f"{frames} frames shown")
+    return 0
