@@ -148,12 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain import add_parsers as add_explain_parsers
     from .export import add_parsers as add_export_parsers
     from .predict_cli import add_parsers as add_predict_parsers
+    from .serve.cli import add_parsers as add_serve_parsers
     from .video import add_parsers as add_video_parsers
 
     add_predict_parsers(sub)
     add_video_parsers(sub)
     add_explain_parsers(sub)
     add_export_parsers(sub)
+    add_serve_parsers(sub)
     return p
 
 

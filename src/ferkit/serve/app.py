@@ -1,0 +1,682 @@
+"""The FastAPI application behind ``ferkit serve``.
+
+Endpoints: ``POST /v1/predict`` (an image as the multipart field ``file`` or as the raw
+request body), ``GET /v1/health``, ``GET /v1/models``, the web page at ``/`` (its assets
+under ``/static/``, no third-party resources) and FastAPI's OpenAPI docs at ``/docs``.
+
+Every error is JSON, ``{"error": {"code": ..., "message": ...}}``:
+
+* 400 ``bad_request`` / ``missing_file`` / ``empty_upload``: a malformed request;
+* 413 ``upload_too_large``: the body exceeds ``max_upload_bytes``, refused while it is read
+  (a declared ``Content-Length`` above the limit is refused before any of it is read);
+* 413 ``too_many_pixels``: the image header declares more than ``max_pixels`` pixels
+  (checked with PIL before anything is decoded: decompression bombs never reach the decoder);
+* 415 ``unsupported_media_type``: a Content-Type or image format the service does not take;
+* 422 ``corrupt_image``: not a readable image;
+* 503 ``busy`` (with ``Retry-After``): every inference worker is busy and the wait queue is
+  full; the request did not run and may be retried.
+
+Inference runs on a fixed number of worker threads fed by a bounded queue (`InferencePool`);
+the event loop only reads requests, checks headers and writes answers. The model loads once,
+when `create_app` runs. Clients never name files: images come only in request bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import io
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from .. import __version__
+from ..recognize import MAX_SIDE, ImageError, Recognizer, load_image
+from . import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE
+
+log = logging.getLogger("ferkit.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MB = 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed above the file limit
+
+# Formats decoded for clients: common photo formats only (PIL's rarer plugins, and EPS,
+# which runs Ghostscript, never see client data).
+_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+Image.init()
+ACCEPTED_FORMATS = tuple(f for f in _FORMATS if f in Image.OPEN)
+_FORMAT_MIME = {
+    "JPEG": ("image/jpeg", "image/jpg", "image/pjpeg"),
+    "MPO": ("image/mpo",),
+    "PNG": ("image/png", "image/x-png", "image/apng"),
+    "WEBP": ("image/webp",),
+    "GIF": ("image/gif",),
+    "BMP": ("image/bmp", "image/x-bmp", "image/x-ms-bmp"),
+    "TIFF": ("image/tiff", "image/tiff-fx"),
+    "PPM": ("image/x-portable-anymap", "image/x-portable-pixmap", "image/x-portable-graymap"),
+    "AVIF": ("image/avif",),
+}
+_FORMAT_NAMES = {"WEBP": "WebP"}
+ACCEPTED_IMAGE_TYPES = frozenset(m for f in ACCEPTED_FORMATS for m in _FORMAT_MIME[f])
+RAW_TYPES = ACCEPTED_IMAGE_TYPES | {"application/octet-stream"}
+
+
+@dataclass
+class Settings:
+    """Limits and start-up options of the service (``ferkit serve`` flags of the same names).
+
+    ``model`` / ``detector`` / ``device`` build the `Recognizer` when `create_app` is given
+    none. ``workers``: inference threads; ``queue``: requests that may wait for a worker
+    (more are refused with 503). ``cors_origins``: origins allowed to call the API from
+    other pages (none: CORS off). ``model_name``: the name reported in answers (default:
+    the weights name or the checkpoint's file name).
+    """
+
+    model: str | None = None
+    detector: str = "haar"
+    device: str = "auto"
+    workers: int = 1
+    queue: int = DEFAULT_QUEUE
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * MB)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    cors_origins: Sequence[str] = field(default_factory=tuple)
+    retry_after_s: int = 1
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.queue < 0:
+            raise ValueError(f"queue must be 0 or more, not {self.queue}")
+        if self.max_upload_bytes < 1:
+            raise ValueError("max_upload_bytes must be positive")
+        if self.max_pixels < 1:
+            raise ValueError("max_pixels must be positive")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+# ---- the worker pool ----
+
+
+class InferencePool:
+    """A fixed set of worker threads and a bounded wait queue.
+
+    ``runners``: one object per thread, passed to each job (e.g. a `Recognizer` per thread,
+    sharing the model but with its own face detector). `submit` never blocks: it returns
+    None when all workers are busy and ``queue_size`` jobs already wait.
+    """
+
+    def __init__(self, runners: Sequence[Any], queue_size: int) -> None:
+        self.workers = len(runners)
+        self.queue_size = queue_size
+        self.capacity = self.workers + queue_size
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._jobs: deque = deque()
+        self._pending = 0  # queued + running
+        self._busy = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, args=(r,), name=f"ferkit-infer-{i}", daemon=True)
+            for i, r in enumerate(runners)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future | None:
+        """Queue ``fn(runner)``; its Future, or None when the pool is full or closed."""
+        with self._lock:
+            if self._closed or self._pending >= self.capacity:
+                return None
+            self._pending += 1
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            self._jobs.append((fn, fut))
+            self._ready.notify()
+            return fut
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "workers": self.workers,
+                "queue_size": self.queue_size,
+                "busy": self._busy,
+                "waiting": self._pending - self._busy,
+            }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Refuse new jobs, cancel the waiting ones, let running ones finish, stop the threads."""
+        with self._lock:
+            self._closed = True
+            while self._jobs:
+                _, fut = self._jobs.popleft()
+                fut.cancel()
+                self._pending -= 1
+            self._ready.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _work(self, runner: Any) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._closed:
+                    self._ready.wait()
+                if not self._jobs:
+                    return
+                fn, fut = self._jobs.popleft()
+                self._busy += 1
+            run = fut.set_running_or_notify_cancel()  # False: the client went away
+            result = error = None
+            try:
+                if run:
+                    result = fn(runner)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                error = exc
+            finally:
+                # free the slot before answering: a client that sends its next request as
+                # soon as it has this answer must find the slot free
+                with self._lock:
+                    self._busy -= 1
+                    self._pending -= 1
+            if run:
+                if error is None:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(error)
+                del result, error
+
+
+def _worker_recognizers(recognizer: Any, n: int) -> list[Any]:
+    """One recognizer per worker: shallow copies sharing the model (PyTorch inference is
+    thread-safe) with their own face detector (OpenCV's cascade is not). A recognizer whose
+    detector cannot be rebuilt by name is shared by all workers behind a lock."""
+    if n == 1:
+        return [recognizer]
+    from ..faces import get_detector, list_detectors
+
+    detector = getattr(recognizer, "detector", None)
+    name = getattr(detector, "name", "")
+    if isinstance(recognizer, Recognizer) and name in list_detectors():
+        try:
+            out = [recognizer]
+            for _ in range(n - 1):
+                clone = copy.copy(recognizer)
+                clone.detector = get_detector(name)
+                out.append(clone)
+            return out
+        except Exception:  # a detector needing options: fall back to sharing
+            log.warning("cannot build a face detector per worker; workers share one")
+    return [_Locked(recognizer)] * n
+
+
+class _Locked:
+    """A recognizer shared by several threads, one `predict` at a time."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def predict(self, image):
+        with self._lock:
+            return self._inner.predict(image)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+# ---- reading and checking uploads ----
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "upload_too_large",
+        f"the upload exceeds the limit of {_size_text(limit)}; send a smaller image",
+    )
+
+
+def _size_text(n: int) -> str:
+    return f"{n / MB:g} MB" if n >= MB else f"{n} bytes"
+
+
+async def read_limited(request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (the
+    message names ``shown_limit``, default ``limit``)."""
+    shown_limit = limit if shown_limit is None else shown_limit
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_request", "invalid Content-Length header") from None
+        if declared_size > limit:
+            raise _too_large(shown_limit)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(shown_limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client closed the connection") from None
+    return b"".join(chunks)
+
+
+def _unsupported_type(what: str) -> ApiError:
+    names = [_FORMAT_NAMES.get(f, f) for f in ACCEPTED_FORMATS if f != "MPO"]
+    kinds = ", ".join(names[:-1]) + " or " + names[-1]
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        f"{what} is not accepted; send a {kinds} image as the multipart field 'file' or as "
+        "the request body with an image/* or application/octet-stream Content-Type",
+    )
+
+
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """(image bytes, declared media type) of a multipart or raw-body upload."""
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        body = await read_limited(request, max_bytes + MULTIPART_OVERHEAD, max_bytes)
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(
+                    400, "missing_file", "no file: send the image as the multipart field 'file'"
+                )
+            data = await upload.read()
+            part_type = (upload.content_type or "").split(";", 1)[0].strip().lower()
+        finally:
+            await form.close()
+        if len(data) > max_bytes:
+            raise _too_large(max_bytes)
+        if part_type and part_type not in RAW_TYPES:
+            raise _unsupported_type(f"a file of type {part_type!r}")
+        return data, part_type
+    if media in RAW_TYPES:
+        return await read_limited(request, max_bytes), media
+    if media.startswith("image/"):
+        raise _unsupported_type(f"{media!r}")
+    raise _unsupported_type(f"Content-Type {media!r}" if media else "a body without Content-Type")
+
+
+def check_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) from the image header, without decoding any pixels."""
+    if not data:
+        raise ApiError(400, "empty_upload", "the upload is empty")
+    try:
+        # no warnings.catch_warnings() here: it is not thread-safe, and the workers decode
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+            fmt, (width, height) = str(img.format), img.size
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "too_many_pixels", f"the image is too large ({exc})") from None
+    except UnidentifiedImageError:
+        other = _identify(data)
+        if other:
+            raise _unsupported_type(f"a {other} image") from None
+        raise ApiError(
+            422, "corrupt_image", "the upload is not a readable image (unknown or damaged data)"
+        ) from None
+    except Exception as exc:  # PIL raises many types for malformed headers
+        raise ApiError(
+            422, "corrupt_image", f"the image header cannot be read ({type(exc).__name__})"
+        ) from None
+    if width * height > max_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the image has {width} x {height} = {width * height:,} pixels, more than the "
+            f"limit of {max_pixels:,}; send a smaller image",
+        )
+    return fmt, width, height
+
+
+def _identify(data: bytes) -> str | None:
+    """The PIL format name of data that none of the accepted formats reads (header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return str(img.format)
+    except Exception:
+        return None
+
+
+# ---- response models (for the OpenAPI docs) ----
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["too_many_pixels"])
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class FaceOut(BaseModel):
+    box: list[int] = Field(description="[x, y, width, height] in pixels of the image")
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    landmarks: list[list[float]] | None = None
+    detection_score: float | None = None
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class PredictOut(BaseModel):
+    faces: list[FaceOut]
+    model: str
+    timing_ms: dict[str, float] = Field(
+        description="queue (waiting for a worker), decode, inference (detection and "
+        "classification) and total (from the first byte read to the answer)"
+    )
+    image: ImageSize
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    model: str
+    workers: int
+    queue_size: int
+    busy: int
+    waiting: int
+    limits: dict[str, int]
+
+
+class ModelOut(BaseModel):
+    name: str
+    architecture: str | None
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    detector: str | None
+    default: bool
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+
+
+def _errors(*codes: int) -> dict:
+    text = {
+        400: "malformed request",
+        413: "upload or image too large",
+        415: "unsupported media type or image format",
+        422: "corrupt image",
+        503: "busy: retry after Retry-After seconds",
+    }
+    return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
+
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+# ---- the application ----
+
+
+class _NoSniff:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff`` on every response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def _model_name(settings: Settings, meta: dict) -> str:
+    if settings.model_name:
+        return settings.model_name
+    if settings.model is not None:
+        p = Path(settings.model)
+        return p.stem if p.suffix in (".safetensors", ".json") else p.name
+    from ..weights import DEFAULT_MODEL
+
+    return str(meta.get("name") or DEFAULT_MODEL)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    500: "internal_error",
+    503: "busy",
+}
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(recognizer: Any = None, settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. ``recognizer``: a `Recognizer` (or any object with ``predict`` and
+    ``class_names``); None builds one from ``settings`` now, so the model loads once."""
+    settings = settings or Settings()
+    if recognizer is None:
+        recognizer = Recognizer(
+            model=settings.model, detector=settings.detector, device=settings.device
+        )
+    meta = dict(getattr(recognizer, "meta", {}) or {})
+    name = _model_name(settings, meta)
+    max_side = int(getattr(recognizer, "max_side", MAX_SIDE))
+    detector = getattr(getattr(recognizer, "detector", None), "name", None) or None
+    model_info = {
+        "name": name,
+        "architecture": meta.get("model"),
+        "classes": [str(c) for c in recognizer.class_names],
+        "preprocessing": dict(meta.get("preprocessing", {})),
+        "detector": detector,
+        "default": True,
+    }
+    pool = InferencePool(_worker_recognizers(recognizer, settings.workers), settings.queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.close()
+
+    app = FastAPI(
+        title="ferkit",
+        version=__version__,
+        description="Facial expression recognition: faces and their expression scores in "
+        'photos. Errors are JSON objects `{"error": {"code", "message"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.recognizer = recognizer
+    app.state.model_name = name
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            expose_headers=["Retry-After"],
+        )
+
+    app.add_middleware(_NoSniff)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", str(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the server log")
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictOut,
+        responses=_errors(400, 413, 415, 422, 503),
+        openapi_extra=_PREDICT_BODY,
+        summary="Faces and expressions in one image",
+    )
+    async def predict(request: Request):
+        """Send one image: as the multipart field ``file``, or as the raw request body with
+        an ``image/*`` or ``application/octet-stream`` Content-Type."""
+        t_start = time.perf_counter()
+        data, _ = await read_upload(request, settings.max_upload_bytes)
+        check_header(data, settings.max_pixels)
+        t_queued = time.perf_counter()
+
+        def job(rec) -> dict:
+            t0 = time.perf_counter()
+            loaded = load_image(io.BytesIO(data), max_side=max_side)
+            t1 = time.perf_counter()
+            faces = rec.predict(loaded)
+            t2 = time.perf_counter()
+            h, w = loaded.pixels.shape[:2]
+            return {
+                "faces": [f.to_dict() for f in faces],
+                "size": (round(w * loaded.scale[0]), round(h * loaded.scale[1])),
+                "queue_ms": (t0 - t_queued) * 1000,
+                "decode_ms": (t1 - t0) * 1000,
+                "inference_ms": (t2 - t1) * 1000,
+            }
+
+        fut = pool.submit(job)
+        if fut is None:
+            raise ApiError(
+                503,
+                "busy",
+                "the service is busy (all workers busy and the queue full); retry shortly",
+                {"Retry-After": str(settings.retry_after_s)},
+            )
+        try:
+            result = await asyncio.wrap_future(fut)
+        except ImageError as exc:
+            message = str(exc).removeprefix("<stream>: ")
+            if "too large" in message:
+                raise ApiError(413, "too_many_pixels", message) from None
+            raise ApiError(422, "corrupt_image", message) from None
+        width, height = result["size"]
+        timing = {k: round(result[k], 2) for k in ("queue_ms", "decode_ms", "inference_ms")}
+        timing["total_ms"] = round((time.perf_counter() - t_start) * 1000, 2)
+        return JSONResponse(
+            {
+                "faces": result["faces"],
+                "model": name,
+                "timing_ms": timing,
+                "image": {"width": width, "height": height},
+            }
+        )
+
+    @app.get("/v1/health", response_model=HealthOut, summary="Service status and limits")
+    async def health():
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": name,
+            **pool.stats(),
+            "limits": {
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_pixels": settings.max_pixels,
+            },
+        }
+
+    @app.get("/v1/models", response_model=ModelsOut, summary="The loaded model")
+    async def models():
+        return {"models": [model_info]}
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

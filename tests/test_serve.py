@@ -1,0 +1,590 @@
+"""The REST service (`ferkit.serve`): endpoints, limits, errors, the worker pool and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import struct
+import threading
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the REST service needs FastAPI: pip install 'ferkit[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx: pip install httpx")
+try:
+    import python_multipart  # noqa: F401 - the module's name since python-multipart 0.0.13
+except ImportError:
+    pytest.importorskip(
+        "multipart", reason="uploads need python-multipart: pip install 'ferkit[serve]'"
+    )
+
+with warnings.catch_warnings():
+    # starlette >= 1 prefers httpx2 for its TestClient and warns when it falls back to httpx
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from ferkit import samples  # noqa: E402
+from ferkit.checkpoint import save_checkpoint  # noqa: E402
+from ferkit.models import create_model  # noqa: E402
+from ferkit.recognize import Recognizer  # noqa: E402
+from ferkit.serve import cli as serve_cli  # noqa: E402
+from ferkit.serve.app import InferencePool, Settings, create_app  # noqa: E402
+
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised MBA-CNN saved as a checkpoint (no trained weights needed)."""
+    torch.manual_seed(0)
+    meta = {
+        "model": "mba_cnn",
+        "model_options": {},
+        "class_names": CLASSES,
+        "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
+    }
+    base = tmp_path_factory.mktemp("ckpt") / "random"
+    save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
+    return base
+
+
+@pytest.fixture(scope="module")
+def recognizer(checkpoint) -> Recognizer:
+    return Recognizer(model=str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return samples.path("astronaut").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def photo_size() -> tuple[int, int]:
+    with Image.open(samples.path("astronaut")) as img:
+        return img.size
+
+
+def make_client(recognizer, **settings) -> TestClient:
+    settings.setdefault("model_name", "random")
+    return TestClient(create_app(recognizer, Settings(**settings)))
+
+
+@pytest.fixture(scope="module")
+def client(recognizer):
+    with make_client(recognizer) as c:
+        yield c
+
+
+def png_bytes(width: int, height: int, colour=(128, 128, 128)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height and whose pixel data is a few bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def check_sample_answer(body: dict, photo_size) -> None:
+    assert set(body) == {"faces", "model", "timing_ms", "image"}
+    assert body["model"] == "random"
+    assert body["image"] == {"width": photo_size[0], "height": photo_size[1]}
+    assert set(body["timing_ms"]) == {"queue_ms", "decode_ms", "inference_ms", "total_ms"}
+    assert all(v >= 0 for v in body["timing_ms"].values())
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    x, y, w, h = face["box"]
+    assert 150 < x < 210 and 40 < y < 100 and 70 < w < 130 and 70 < h < 130  # the face
+    assert list(face["scores"]) == CLASSES
+    assert abs(sum(face["scores"].values()) - 1) < 1e-4
+    assert face["label"] == max(face["scores"], key=face["scores"].get)
+    assert face["confidence"] == pytest.approx(face["scores"][face["label"]])
+
+
+# ---- POST /v1/predict ----
+
+
+def test_predict_multipart(client, photo, photo_size):
+    r = client.post("/v1/predict", files={"file": ("astronaut.jpg", photo, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    check_sample_answer(r.json(), photo_size)
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
+def test_predict_raw_body(client, photo, photo_size, content_type):
+    r = client.post("/v1/predict", content=photo, headers={"Content-Type": content_type})
+    assert r.status_code == 200, r.text
+    check_sample_answer(r.json(), photo_size)
+
+
+def test_raw_and_multipart_give_the_same_faces(client, photo):
+    a = client.post("/v1/predict", files={"file": ("x.jpg", photo, "image/jpeg")}).json()
+    b = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"}).json()
+    assert a["faces"] == b["faces"]
+
+
+def test_multipart_part_without_a_type_and_a_misdeclared_type_are_sniffed(client, photo):
+    # the bytes decide the format: a JPEG declared as PNG is still read
+    r = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+    r = client.post("/v1/predict", files={"file": ("x", photo, "application/octet-stream")})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
+def test_no_face_gives_an_empty_list(client):
+    r = client.post("/v1/predict", files={"file": ("grey.png", png_bytes(64, 48), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["faces"] == []
+    assert body["image"] == {"width": 64, "height": 48}
+
+
+def test_exif_rotated_photo_reports_the_oriented_size(client, photo_size):
+    buf = io.BytesIO()
+    img = Image.new("RGB", (80, 40), (90, 90, 90))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    img.save(buf, "JPEG", exif=exif)
+    r = client.post("/v1/predict", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    assert r.json()["image"] == {"width": 40, "height": 80}
+
+
+# ---- limits and errors ----
+
+
+def test_upload_too_large_413(recognizer, photo):
+    limit = 10_000
+    with make_client(recognizer, max_upload_bytes=limit) as c:
+        big = photo[: limit + 1]
+        err = assert_error(
+            c.post("/v1/predict", content=big, headers={"Content-Type": "image/jpeg"}),
+            413,
+            "upload_too_large",
+        )
+        assert "10000 bytes" in err["message"]
+        err = assert_error(
+            c.post("/v1/predict", files={"file": ("big.jpg", big, "image/jpeg")}),
+            413,
+            "upload_too_large",
+        )
+        assert "10000 bytes" in err["message"]
+        # a body beyond the file limit plus the multipart allowance: refused while read
+        huge = photo * (1 + 70_000 // len(photo))
+        err = assert_error(
+            c.post("/v1/predict", files={"file": ("huge.jpg", huge, "image/jpeg")}),
+            413,
+            "upload_too_large",
+        )
+        assert "10000 bytes" in err["message"]
+        small = png_bytes(40, 40)
+        assert len(small) < limit
+        assert c.post(
+            "/v1/predict", content=small, headers={"Content-Type": "image/png"}
+        ).is_success
+
+
+def test_upload_limit_is_enforced_while_reading(recognizer):
+    """A body without Content-Length is refused once the limit is passed, unread beyond it."""
+    app = create_app(recognizer, Settings(max_upload_bytes=100_000))
+    chunk, sent, messages = b"\0" * 16_384, [], []
+
+    async def receive():
+        if len(sent) >= 1000:  # 16 MB: never reached
+            return {"type": "http.request", "body": b"", "more_body": False}
+        sent.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 413
+    assert len(sent) * len(chunk) <= 100_000 + len(chunk)  # stopped right after the limit
+    body = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))
+    assert body["error"]["code"] == "upload_too_large"
+    app.state.pool.close()
+
+
+def test_declared_content_length_over_the_limit_is_refused_at_once(recognizer):
+    with make_client(recognizer, max_upload_bytes=1000) as c:
+        r = c.post(
+            "/v1/predict",
+            content=b"\0" * 500,
+            headers={"Content-Type": "image/jpeg", "Content-Length": "5000000"},
+        )
+    assert_error(r, 413, "upload_too_large")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_too_many_pixels_413_before_decoding(client, recognizer):
+    # 10000 x 10000 = 100 MP, over the default 50 MP limit; only the header is real
+    bomb = png_header_only(10_000, 10_000)
+    assert len(bomb) < 200
+    err = assert_error(
+        client.post("/v1/predict", content=bomb, headers={"Content-Type": "image/png"}),
+        413,
+        "too_many_pixels",
+    )
+    assert "10000 x 10000" in err["message"]
+    # beyond PIL's own decompression-bomb limit
+    huge = png_header_only(100_000, 100_000)
+    assert_error(
+        client.post("/v1/predict", files={"file": ("b.png", huge, "image/png")}),
+        413,
+        "too_many_pixels",
+    )
+    with make_client(recognizer, max_pixels=50 * 50) as c:
+        r = c.post("/v1/predict", content=png_bytes(60, 50), headers={"Content-Type": "image/png"})
+        assert_error(r, 413, "too_many_pixels")
+        r = c.post("/v1/predict", content=png_bytes(50, 50), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b"hello"),
+        ("application/json", b"{}"),
+        ("image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+        ("image/heic", b"\0\0\0\x18ftypheic"),
+        (None, b"\xff\xd8\xff"),
+    ],
+)
+def test_unsupported_media_type_415(client, content_type, body):
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post("/v1/predict", content=body, headers=headers)
+    err = assert_error(r, 415, "unsupported_media_type")
+    assert "JPEG" in err["message"]
+
+
+def test_unsupported_multipart_part_and_image_format_415(client):
+    r = client.post("/v1/predict", files={"file": ("a.txt", b"hello", "text/plain")})
+    assert_error(r, 415, "unsupported_media_type")
+    # an EPS file (PIL would run Ghostscript to decode it) is identified and refused
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    r = client.post(
+        "/v1/predict", content=eps, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert "EPS" in assert_error(r, 415, "unsupported_media_type")["message"]
+
+
+def test_corrupt_image_422(client, photo):
+    r = client.post(
+        "/v1/predict", content=b"not an image at all", headers={"Content-Type": "image/jpeg"}
+    )
+    assert_error(r, 422, "corrupt_image")
+    # a readable header and a truncated body fail in the decoder
+    r = client.post("/v1/predict", content=photo[:2000], headers={"Content-Type": "image/jpeg"})
+    err = assert_error(r, 422, "corrupt_image")
+    assert "<stream>" not in err["message"]
+    r = client.post("/v1/predict", files={"file": ("x.png", b"\x89PNG\r\n\x1a\nxx", "image/png")})
+    assert_error(r, 422, "corrupt_image")
+
+
+def test_malformed_requests_400(client, photo):
+    assert_error(
+        client.post("/v1/predict", files={"image": ("a.jpg", photo, "image/jpeg")}),
+        400,
+        "missing_file",
+    )
+    r = client.post(
+        "/v1/predict", data={"file": "not a file"}, files={"other": ("a.jpg", b"x", "image/jpeg")}
+    )
+    assert_error(r, 400, "missing_file")
+    assert_error(
+        client.post("/v1/predict", content=b"", headers={"Content-Type": "image/jpeg"}),
+        400,
+        "empty_upload",
+    )
+    r = client.post(
+        "/v1/predict",
+        content=b"--x\r\nbroken",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_unknown_path_and_method_are_json_errors(client):
+    assert_error(client.get("/v1/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/predict"), 405, "method_not_allowed")
+
+
+class BlockingRecognizer:
+    """Waits for ``release`` inside `predict`, so the requests pile up in the pool."""
+
+    def __init__(self, inner: Recognizer) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+
+    def predict(self, image):
+        assert self.release.wait(30), "the test never released the recognizer"
+        return self.inner.predict(image)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_full_queue_503_with_retry_after_and_recovery(recognizer, photo):
+    blocking = BlockingRecognizer(recognizer)
+    with make_client(blocking, workers=1, queue=1) as c:
+        results: list = []
+
+        def send():
+            results.append(
+                c.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"})
+            )
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        try:
+            for t in threads:
+                t.start()
+            # one request runs (blocked), one waits in the queue: the pool is full
+            wait_for(lambda: c.get("/v1/health").json()["busy"] == 1)
+            wait_for(lambda: c.get("/v1/health").json()["waiting"] == 1)
+            r = c.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"})
+            err = assert_error(r, 503, "busy")
+            assert "retry" in err["message"]
+            assert int(r.headers["Retry-After"]) >= 1
+            # health still answers while the pool is full
+            assert c.get("/v1/health").json()["status"] == "ok"
+        finally:
+            blocking.release.set()
+            for t in threads:
+                t.join(30)
+        assert [r.status_code for r in results] == [200, 200]
+        # recovered: the next request runs and the pool is empty again
+        r = c.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+        h = c.get("/v1/health").json()
+        assert (h["busy"], h["waiting"]) == (0, 0)
+
+
+def test_several_workers_answer_concurrent_requests(recognizer, photo):
+    with make_client(recognizer, workers=2, queue=4) as c:
+        workers = c.app.state.pool._threads
+        assert len(workers) == 2
+        out: list = []
+
+        def send():
+            out.append(c.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"}))
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in out] == [200] * 4
+        assert len({json.dumps(r.json()["faces"]) for r in out}) == 1
+
+
+def test_inference_pool_bounds_and_recovers():
+    gate = threading.Event()
+    pool = InferencePool(["runner"], queue_size=2)
+    try:
+        futures = [pool.submit(lambda r: gate.wait(10) and r) for _ in range(3)]
+        assert all(f is not None for f in futures)
+        assert pool.submit(lambda r: r) is None  # 1 running + 2 waiting: full
+        gate.set()
+        assert [f.result(10) for f in futures] == ["runner"] * 3
+        wait_for(lambda: pool.stats()["busy"] == 0)
+        assert pool.submit(lambda r: r).result(10) == "runner"
+        failing = pool.submit(lambda r: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(10)
+        assert pool.submit(lambda r: r + "!").result(10) == "runner!"  # a failure is contained
+    finally:
+        pool.close()
+    assert pool.submit(lambda r: r) is None
+
+
+# ---- other endpoints ----
+
+
+def test_health(client):
+    r = client.get("/v1/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["model"] == "random"
+    assert body["workers"] == 1 and body["queue_size"] == 8
+    assert body["limits"] == {"max_upload_bytes": 10 * 1024 * 1024, "max_pixels": 50_000_000}
+
+
+def test_models(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    (model,) = r.json()["models"]
+    assert model["name"] == "random" and model["architecture"] == "mba_cnn"
+    assert model["classes"] == CLASSES
+    assert model["preprocessing"] == {"size": 48, "gray": True, "mean": 0.5, "std": 0.25}
+    assert model["detector"] == "haar"
+
+
+def test_openapi_docs(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/v1/predict"]["post"]
+    assert {"multipart/form-data", "image/*"} <= set(predict["requestBody"]["content"])
+    assert {"200", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert "/v1/health" in spec["paths"] and "/v1/models" in spec["paths"]
+
+
+def test_page_and_static_assets(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    html = r.text
+    assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
+    assert 'type="file"' in html and 'aria-live="polite"' in html and 'role="alert"' in html
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        a = client.get(f"/static/{asset}")
+        assert a.status_code == 200 and kind in a.headers["content-type"] and a.text
+    js = client.get("/static/app.js").text
+    assert "getUserMedia" in js and "/v1/predict" in js
+    # offline: no third-party resources on the page
+    for text in (html, js, client.get("/static/style.css").text):
+        assert "https://" not in text and "http://" not in text and "//cdn" not in text
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_cors_off_by_default_and_on_for_given_origins(client, recognizer):
+    headers = {"Origin": "https://elsewhere.example"}
+    assert "access-control-allow-origin" not in client.get("/v1/health", headers=headers).headers
+    with make_client(recognizer, cors_origins=["https://elsewhere.example"]) as c:
+        r = c.get("/v1/health", headers=headers)
+        assert r.headers["access-control-allow-origin"] == "https://elsewhere.example"
+        r = c.options(
+            "/v1/predict",
+            headers={**headers, "Access-Control-Request-Method": "POST"},
+        )
+        assert r.status_code == 200
+        other = c.get("/v1/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_model_name_defaults_to_the_checkpoint_name(checkpoint):
+    app = create_app(settings=Settings(model=str(checkpoint) + ".safetensors", device="cpu"))
+    with TestClient(app) as c:
+        assert c.get("/v1/health").json()["model"] == "random"
+
+
+def test_settings_are_validated():
+    for bad in ({"workers": 0}, {"queue": -1}, {"max_upload_bytes": 0}, {"max_pixels": 0}):
+        with pytest.raises(ValueError):
+            Settings(**bad)
+
+
+# ---- the command ----
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ferkit")
+    serve_cli.add_parsers(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_cli_defaults_and_options():
+    args = parse([])
+    assert (args.host, args.port, args.workers, args.queue) == ("127.0.0.1", 8000, 1, 8)
+    assert (args.model, args.detector, args.max_upload_mb) == (None, "haar", 10.0)
+    assert args.max_pixels == 50_000_000 and args.cors_origins == []
+    args = parse(
+        ["--port", "9000", "--workers", "2", "--queue", "0", "--max-upload-mb", "2.5",
+         "--cors-origin", "https://a.example", "https://b.example", "--cors-origin", "*"]
+    )  # fmt: skip
+    assert (args.port, args.workers, args.queue, args.max_upload_mb) == (9000, 2, 0, 2.5)
+    assert args.cors_origins == ["https://a.example", "https://b.example", "*"]
+    for bad in (["--workers", "0"], ["--port", "70000"], ["--max-upload-mb", "0"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+
+
+def test_cli_loads_the_model_then_runs_uvicorn(checkpoint, monkeypatch, capsys):
+    import uvicorn
+
+    seen = {}
+
+    def fake_run(app, host, port, log_level):
+        seen.update(app=app, host=host, port=port)
+        with TestClient(app) as c:
+            seen["health"] = c.get("/v1/health").json()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    args = parse(["--model", str(checkpoint), "--device", "cpu", "--max-upload-mb", "1"])
+    assert args.func(args) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000)
+    assert seen["health"]["model"] == "random"
+    assert seen["health"]["limits"]["max_upload_bytes"] == 1024 * 1024
+    assert "http://127.0.0.1:8000/" in capsys.readouterr().err
+
+
+def test_cli_warns_when_listening_beyond_this_machine(checkpoint, monkeypatch, capsys):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    args = parse(["--model", str(checkpoint), "--device", "cpu", "--host", "0.0.0.0"])
+    assert args.func(args) == 0
+    assert "no authentication" in capsys.readouterr().err
+
+
+def test_sample_photo_through_numpy_matches_the_service(client, recognizer, photo):
+    direct = recognizer.predict(np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")))
+    served = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"})
+    assert [f.box for f in direct] == [f["box"] for f in served.json()["faces"]]
