@@ -1,0 +1,73 @@
+"""Ship a trained checkpoint as the package's weights, with its test numbers.
+
+    PYTHONPATH=src python scripts/ship_weights.py runs/cpu/best --data fer2013.csv.gz \
+        --name mba_cnn-fer2013 [--ferplus fer2013new.csv]
+
+Scores PrivateTest once per TTA mode (none, flip, ten-crop), writes
+``src/ferkit/weights/NAME.safetensors`` (fp16) + ``NAME.json`` (metadata with the test
+metrics), the confusion matrix and reliability PNGs under ``docs/NAME/`` and prints the
+numbers as Markdown for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ferkit.checkpoint import load_checkpoint, save_checkpoint
+from ferkit.evaluate import evaluate
+from ferkit.metrics import plot_confusion_matrix, plot_reliability
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--ferplus", default=None)
+    args = ap.parse_args()
+
+    reports = {
+        tta: evaluate(args.checkpoint, args.data, "PrivateTest", tta, "cpu", ferplus=args.ferplus,
+                      progress=False)
+        for tta in ("none", "flip", "ten-crop")
+    }
+    model, meta = load_checkpoint(args.checkpoint)
+    meta["test_metrics"] = {
+        tta: {k: r[k] for k in ("split", "num_samples", "accuracy", "macro_f1", "ece")}
+        for tta, r in reports.items()
+    }
+    meta["test_metrics"]["per_class_single_crop"] = reports["none"]["per_class"]
+    meta["shipped_from"] = Path(args.checkpoint).name
+    out = ROOT / "src" / "ferkit" / "weights" / args.name
+    save_checkpoint(model, out, meta, dtype=torch.float16)
+
+    docs = ROOT / "docs" / args.name
+    docs.mkdir(parents=True, exist_ok=True)
+    single = reports["none"]
+    plot_confusion_matrix(single, docs / "confusion-privatetest.png",
+                          title=f"{args.name}: PrivateTest, single crop")
+    plot_reliability(single, docs / "reliability-privatetest.png")
+    (docs / "privatetest.json").write_text(json.dumps(reports, indent=2))
+
+    # the shipped fp16 weights must score what the card says
+    shipped = evaluate(out, args.data, "PrivateTest", "none", "cpu", ferplus=args.ferplus,
+                       progress=False)
+    print(f"fp16 shipped weights, single crop: {100 * shipped['accuracy']:.2f}%")
+    print("| TTA | accuracy | macro-F1 | ECE |\n|---|---|---|---|")
+    for tta, r in reports.items():
+        print(f"| {tta} | {100 * r['accuracy']:.2f}% | {100 * r['macro_f1']:.2f}% | "
+              f"{r['ece']:.3f} |")
+    print("\n| class | precision | recall | F1 | support |\n|---|---|---|---|---|")
+    for name, c in single["per_class"].items():
+        print(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+              f"{c['support']} |")
+
+
+if __name__ == "__main__":
+    main()
