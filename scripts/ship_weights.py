@@ -30,12 +30,15 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--ferplus", default=None)
+    ap.add_argument("--tta", nargs="+", default=["none", "flip", "ten-crop"],
+                    help="TTA modes to score (none is always included)")
     args = ap.parse_args()
+    modes = ["none", *[m for m in args.tta if m != "none"]]
 
     reports = {
         tta: evaluate(args.checkpoint, args.data, "PrivateTest", tta, "cpu", ferplus=args.ferplus,
                       progress=False)
-        for tta in ("none", "flip", "ten-crop")
+        for tta in modes
     }
     model, meta = load_checkpoint(args.checkpoint)
     meta["test_metrics"] = {

@@ -33,8 +33,9 @@ class Detection:
     """One detected face.
 
     ``score``: the detector's confidence, larger is surer; its scale depends on the backend
-    (``haar``: the number of merged neighbour windows). ``landmarks``: (x, y) keypoints in
-    image pixels, or None; when present, the first two are the two eye centres.
+    (``haar``: the number of merged neighbour windows; ``blazeface``: a probability).
+    ``landmarks``: (x, y) keypoints in image pixels, or None; when present, the first two
+    are the two eye centres.
     """
 
     box: tuple[int, int, int, int]
@@ -170,6 +171,16 @@ def get_detector(name: str | FaceDetector = "haar", **options) -> FaceDetector:
             f"unknown face detector {name!r}; available: {', '.join(list_detectors())}"
         ) from None
     return factory(**options)
+
+
+def _blazeface(**options) -> FaceDetector:
+    """`ferkit.blazeface.BlazeFaceDetector`, imported on first use (it loads its weights)."""
+    from .blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(**options)
+
+
+register_detector("blazeface", _blazeface)
 
 
 def square_region(
