@@ -284,11 +284,12 @@ def test_no_face_gives_an_empty_list(recognizer):
 
 
 def test_huge_image_is_shrunk_and_boxes_map_back(recognizer, astronaut):
+    # the face must stay above the default detector's smallest size (about 1/10 of the side)
     huge = np.zeros((12000, 12000), np.uint8)
-    face = np.asarray(Image.fromarray(astronaut).convert("L").resize((4096, 4096)))
-    huge[3000:7096, 5000:9096] = face
+    face = np.asarray(Image.fromarray(astronaut).convert("L").resize((8192, 8192)))
+    huge[2000:10192, 1000:9192] = face
     ref = recognizer.predict(astronaut)[0].box
-    expected = [5000 + 8 * ref[0], 3000 + 8 * ref[1], 8 * ref[2], 8 * ref[3]]
+    expected = [1000 + 16 * ref[0], 2000 + 16 * ref[1], 16 * ref[2], 16 * ref[3]]
     faces = recognizer.predict(huge)
     assert any(iou(f.box, expected) > 0.7 for f in faces)
 

@@ -473,7 +473,7 @@ def test_models(client):
     assert model["name"] == "random" and model["architecture"] == "mba_cnn"
     assert model["classes"] == CLASSES
     assert model["preprocessing"] == {"size": 48, "gray": True, "mean": 0.5, "std": 0.25}
-    assert model["detector"] == "haar"
+    assert model["detector"] == "blazeface"
 
 
 def test_openapi_docs(client):
@@ -543,7 +543,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_cli_defaults_and_options():
     args = parse([])
     assert (args.host, args.port, args.workers, args.queue) == ("127.0.0.1", 8000, 1, 8)
-    assert (args.model, args.detector, args.max_upload_mb) == (None, "haar", 10.0)
+    assert (args.model, args.detector, args.max_upload_mb) == (None, "blazeface", 10.0)
     assert args.max_pixels == 50_000_000 and args.cors_origins == []
     args = parse(
         ["--port", "9000", "--workers", "2", "--queue", "0", "--max-upload-mb", "2.5",

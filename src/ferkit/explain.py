@@ -286,7 +286,7 @@ def explain(
     *,
     color: str = "rgb",
     target: str | int | None = None,
-    detector: str = "haar",
+    detector: str = "blazeface",
 ) -> list[FaceExplanation]:
     """Attention maps and Grad-CAM for each face of ``image``, sorted left to right.
 
@@ -485,7 +485,7 @@ def add_parsers(subparsers) -> None:
         default=None,
         help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
     )
-    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--target",

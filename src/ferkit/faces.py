@@ -47,6 +47,8 @@ class FaceDetector:
     """Interface of a face detector backend."""
 
     name: str = ""
+    #: Crop margin that makes this detector's boxes give FER2013-like crops (see `crop_face`).
+    crop_margin: float = DEFAULT_MARGIN
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Faces in a uint8 H x W x 3 RGB or H x W gray image."""
@@ -160,7 +162,7 @@ def list_detectors() -> list[str]:
     return sorted(_DETECTORS)
 
 
-def get_detector(name: str | FaceDetector = "haar", **options) -> FaceDetector:
+def get_detector(name: str | FaceDetector = "blazeface", **options) -> FaceDetector:
     """A detector by registry name (a `FaceDetector` instance is returned as it is)."""
     if isinstance(name, FaceDetector):
         return name

@@ -224,7 +224,7 @@ class Recognizer:
     ``model``: None (the shipped default weights), a shipped weights name, a checkpoint path,
     or ``(nn.Module, metadata)`` with ``metadata["class_names"]``. ``detector``: a name from
     `ferkit.faces.list_detectors()` or a `FaceDetector`. ``margin``: crop margin (default:
-    the checkpoint's ``preprocessing.margin``, else 0.2). ``tta``: test-time views as in
+    the checkpoint's ``preprocessing.margin``, else the detector's ``crop_margin``). ``tta``: test-time views as in
     evaluation ("none", "flip", "ten-crop").
 
     ``backend="onnx"`` runs the classifier with onnxruntime on the CPU (``pip install
@@ -237,7 +237,7 @@ class Recognizer:
     def __init__(
         self,
         model=None,
-        detector: str | FaceDetector = "haar",
+        detector: str | FaceDetector = "blazeface",
         device: str = "auto",
         backend: str = "torch",
         margin: float | None = None,
@@ -275,8 +275,10 @@ class Recognizer:
         if not prep.get("gray", True):
             raise ValueError("model expects colour input; ferkit recognises gray faces")
         self.size = int(prep.get("size", FACE_SIZE))
-        self.margin = float(prep.get("margin", DEFAULT_MARGIN) if margin is None else margin)
         self.detector = get_detector(detector)
+        if margin is None:
+            margin = prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN))
+        self.margin = float(margin)
         self.tta = tta
         self.max_side = max_side
         self.batch_size = batch_size

@@ -392,7 +392,7 @@ def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
         default=None,
         help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
     )
-    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 

@@ -90,7 +90,7 @@ class Settings:
     """
 
     model: str | None = None
-    detector: str = "haar"
+    detector: str = "blazeface"
     device: str = "auto"
     workers: int = 1
     queue: int = DEFAULT_QUEUE

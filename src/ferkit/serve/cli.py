@@ -84,7 +84,7 @@ def add_parsers(subparsers) -> None:
         default=None,
         help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
     )
-    p.add_argument("--detector", default="haar", help="face detector (default: haar)")
+    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--max-upload-mb",
