@@ -24,6 +24,17 @@ from ferkit.metrics import plot_confusion_matrix, plot_reliability
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def strip_paths(obj):
+    """File names instead of absolute paths: shipped files must not carry a machine's paths."""
+    if isinstance(obj, dict):
+        return {k: strip_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [strip_paths(v) for v in obj]
+    if isinstance(obj, str) and (obj.startswith(("/", "~")) or obj[1:3] == ":\\"):
+        return Path(obj).name
+    return obj
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -47,6 +58,7 @@ def main() -> None:
     }
     meta["test_metrics"]["per_class_single_crop"] = reports["none"]["per_class"]
     meta["shipped_from"] = Path(args.checkpoint).name
+    meta = strip_paths(meta)
     out = ROOT / "src" / "ferkit" / "weights" / args.name
     save_checkpoint(model, out, meta, dtype=torch.float16)
 
@@ -56,7 +68,7 @@ def main() -> None:
     plot_confusion_matrix(single, docs / "confusion-privatetest.png",
                           title=f"{args.name}: PrivateTest, single crop")
     plot_reliability(single, docs / "reliability-privatetest.png")
-    (docs / "privatetest.json").write_text(json.dumps(reports, indent=2))
+    (docs / "privatetest.json").write_text(json.dumps(strip_paths(reports), indent=2))
 
     # the shipped fp16 weights must score what the card says
     shipped = evaluate(out, args.data, "PrivateTest", "none", "cpu", ferplus=args.ferplus,

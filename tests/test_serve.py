@@ -588,3 +588,15 @@ def test_sample_photo_through_numpy_matches_the_service(client, recognizer, phot
     direct = recognizer.predict(np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")))
     served = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"})
     assert [f.box for f in direct] == [f["box"] for f in served.json()["faces"]]
+
+
+def test_worker_detectors_keep_their_options(checkpoint):
+    from ferkit.faces import HaarDetector
+    from ferkit.serve.app import _worker_recognizers
+
+    rec = Recognizer(model=str(checkpoint), detector=HaarDetector(min_neighbors=9, min_size=40))
+    workers = _worker_recognizers(rec, 3)
+    assert len({id(w.detector) for w in workers}) == 3  # one cascade per thread
+    assert all(
+        (w.detector.min_neighbors, w.detector.min_size) == (9, 40) for w in workers
+    )

@@ -485,3 +485,53 @@ def test_evaluate_matches_a_direct_computation(trained, pack, tmp_path):
     assert "PrivateTest" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="TTA"):
         evaluate(out / "best", pack, split="PrivateTest", tta="bogus", device="cpu")
+
+
+# ---- review fixes: recipe types, held-out validation, unlabelled splits, dotted names ----
+
+
+def test_recipe_numbers_given_as_text_become_numbers():
+    r = Recipe.from_dict(
+        {"name": "t", "lr": "1e-3", "weight_decay": "5e-4", "epochs": "3",
+         "augment": {"rotation": "5", "scale": ["0.9", "1.1"]}}
+    )
+    assert r.lr == pytest.approx(1e-3) and isinstance(r.lr, float)
+    assert r.epochs == 3 and isinstance(r.epochs, int)
+    assert r.augment_config.scale == (0.9, 1.1)
+    with pytest.raises(ValueError, match="epochs"):
+        Recipe.from_dict({"epochs": "abc"})
+    with pytest.raises(ValueError, match="epochs"):
+        Recipe.from_dict({"epochs": 2.5})
+    with pytest.raises(ValueError, match="scale"):
+        Recipe.from_dict({"augment": {"scale": 1.1}})
+
+
+def test_recipe_refuses_selecting_on_a_training_split():
+    with pytest.raises(ValueError, match="held out"):
+        Recipe(val_split="Training")
+
+
+def test_unlabelled_training_or_validation_rows_are_refused(env, tmp_path):
+    faces = bar_faces(SPLITS)
+    faces.labels[faces.splits == "PublicTest"] = -1  # as in a Kaggle test.csv
+    path = faces.save_pack(tmp_path / "unlabelled.fkpack", preset=1)
+    with pytest.raises(ValueError, match="unlabelled"):
+        fit(tiny_recipe(epochs=1), path, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_checkpoint_names_with_dots(tmp_path):
+    model = nn.Linear(2, 2)
+    meta = {"model": "mba_cnn", "class_names": ["a", "b"]}
+    save_checkpoint(model, tmp_path / "best-lr0.5", meta)
+    assert (tmp_path / "best-lr0.5.safetensors").exists()
+    assert (tmp_path / "best-lr0.5.json").exists()
+
+
+def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path):
+    (tmp_path / "c.json").write_text("{not json")
+    (tmp_path / "c.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="c.json"):
+        load_checkpoint(tmp_path / "c")
+    (tmp_path / "c.json").write_text(json.dumps({"model": "mba_cnn"}))
+    with pytest.raises(ValueError, match="class_names"):
+        load_checkpoint(tmp_path / "c")

@@ -51,9 +51,18 @@ class AugmentConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}")
-        for key in ("scale", "erasing_area"):
-            if key in d:
-                d[key] = tuple(d[key])
+        try:
+            for key, value in d.items():
+                if key in ("scale", "erasing_area"):
+                    lo, hi = value
+                    d[key] = (float(lo), float(hi))
+                else:
+                    d[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"augmentation option {key}={value!r}: expected a number"
+                + (" pair [low, high]" if key in ("scale", "erasing_area") else "")
+            ) from None
         return cls(**d)
 
     def to_dict(self) -> dict:

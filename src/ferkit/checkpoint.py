@@ -34,21 +34,27 @@ def save_checkpoint(
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v
-    weights = base.with_suffix(".safetensors")
+    weights = _file(base, ".safetensors")
     tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
     save_file(state, str(tmp), metadata={"format": "pt"})
     # JSON first, weights last: a reader that sees new weights also sees their metadata
-    atomic_write_bytes(base.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
+    atomic_write_bytes(_file(base, ".json"), json.dumps(metadata, indent=2).encode())
     tmp.replace(weights)
     return weights
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    base = _base(path)
-    meta_file = base.with_suffix(".json")
+    meta_file = _file(_base(path), ".json")
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: checkpoint metadata not found")
-    return json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_file}: unreadable checkpoint metadata ({exc})") from None
+    missing = [k for k in ("model", "class_names") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file}: checkpoint metadata lacks {missing}")
+    return meta
 
 
 def _base(path: str | os.PathLike) -> Path:
@@ -56,10 +62,15 @@ def _base(path: str | os.PathLike) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
+def _file(base: Path, suffix: str) -> Path:
+    # not with_suffix: a name such as best-lr0.5 has a dot of its own
+    return base.with_name(base.name + suffix)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The model (eval mode, float32) and metadata of a checkpoint written by `save_checkpoint`."""
     base = _base(path)
-    weights = base.with_suffix(".safetensors")
+    weights = _file(base, ".safetensors")
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: checkpoint weights not found")
     meta = read_metadata(base)
@@ -67,5 +78,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         meta["model"], num_classes=len(meta["class_names"]), **meta.get("model_options", {})
     )
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{weights}: weights do not fit model {meta['model']!r} with options "
+            f"{meta.get('model_options', {})} ({str(exc).splitlines()[0]})"
+        ) from None
     return model.to(device).eval(), meta

@@ -22,7 +22,7 @@ from .metrics import (
     plot_training_curves,
     write_markdown_report,
 )
-from .train import resolve_device
+from .train import find_ferplus_votes, resolve_device
 
 TTA_MODES = ("none", "flip", "ten-crop")
 
@@ -68,24 +68,13 @@ def predict_probs(
     return torch.cat(out).numpy()
 
 
-def _ferplus_votes(meta: dict, data: Path, votes: str | None) -> Path:
-    if votes:
-        return Path(votes)
-    name = Path(meta["recipe"].get("ferplus_csv") or "fer2013new.csv").name
-    for folder in (data if data.is_dir() else data.parent, data / "fer2013", data.parent):
-        if (folder / name).exists():
-            return folder / name
-    raise DataError(
-        f"this checkpoint was trained on FER+: pass --ferplus PATH to {name} (not found beside {data})"
-    )
-
-
 def load_eval_data(meta: dict, data: str | os.PathLike, ferplus: str | None = None) -> FaceSet:
     """The dataset the checkpoint's class set needs (FER2013, or FER+ joined by row index)."""
     data = Path(data)
     faces = load(data)
     if meta.get("recipe", {}).get("dataset") == "ferplus":
-        faces = load_ferplus(faces, _ferplus_votes(meta, data, ferplus))
+        name = ferplus or meta["recipe"].get("ferplus_csv") or "fer2013new.csv"
+        faces = load_ferplus(faces, find_ferplus_votes(name, data))
     if list(faces.class_names) != list(meta["class_names"]):
         raise DataError(
             f"{data}: classes {list(faces.class_names)} differ from the checkpoint's "

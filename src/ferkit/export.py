@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .augment import PIXEL_MEAN, PIXEL_STD
-from .faces import DEFAULT_MARGIN, FACE_SIZE
+from .faces import FACE_SIZE
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
@@ -86,7 +86,7 @@ def export_metadata(meta: dict) -> dict:
         "gray": True,
         "mean": PIXEL_MEAN,
         "std": PIXEL_STD,
-        "margin": DEFAULT_MARGIN,
+        # no margin unless the checkpoint has one: it depends on the detector's boxes
         **meta.get("preprocessing", {}),
     }
     out = {

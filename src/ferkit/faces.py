@@ -11,6 +11,7 @@ so training, evaluation and deployment see faces the same way.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -53,6 +54,11 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Faces in a uint8 H x W x 3 RGB or H x W gray image."""
         raise NotImplementedError
+
+    def clone(self) -> FaceDetector:
+        """A detector with the same options that another thread may use at the same time
+        (default: a shallow copy, for detectors whose state is read-only)."""
+        return copy.copy(self)
 
 
 def _import_cv2():
@@ -115,6 +121,9 @@ class HaarDetector(FaceDetector):
                 "pip install 'opencv-python-headless>=4.8,<5'"
             )
         path = cascade if os.path.isfile(cascade) else os.path.join(cv2.data.haarcascades, cascade)
+        self._options = dict(cascade=cascade, scale_factor=scale_factor,
+                             min_neighbors=min_neighbors, min_size=min_size, max_side=max_side,
+                             threads=threads)
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
             raise RuntimeError(f"{path}: OpenCV could not load this Haar cascade")
@@ -123,6 +132,10 @@ class HaarDetector(FaceDetector):
         self.min_size = min_size
         self.max_side = max_side
         self.threads = threads
+
+    def clone(self) -> HaarDetector:
+        # OpenCV's cascade is not thread-safe: a new one with the same options
+        return HaarDetector(**self._options)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         cv2 = _import_cv2()

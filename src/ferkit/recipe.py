@@ -66,6 +66,12 @@ class Recipe:
                 "held-out test set, reported once after training. Train on Training and select "
                 "on PublicTest."
             )
+        if set(val) & set(self.train_splits):
+            raise ValueError(
+                f"recipe {self.name!r} selects on {sorted(set(val) & set(self.train_splits))}, "
+                "which it also trains on: the validation split must be held out"
+            )
+        self._coerce_numbers()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -83,6 +89,24 @@ class Recipe:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
         AugmentConfig.from_dict(self.augment)
+
+    def _coerce_numbers(self) -> None:
+        """Numbers as numbers: YAML reads ``1e-3`` (no dot) as a string, for instance."""
+        kinds = {"int": int, "float": float, "bool": bool}
+        for f in dataclasses.fields(self):
+            kind = kinds.get(str(f.type).split(" |")[0])
+            value = getattr(self, f.name)
+            if kind is None or value is None or isinstance(value, kind):
+                continue
+            if kind is bool or isinstance(value, bool):
+                raise ValueError(f"recipe key {f.name}: expected {f.type}, got {value!r}")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"recipe key {f.name}: expected {f.type}, got {value!r}") from None
+            if kind is int and number != int(number):
+                raise ValueError(f"recipe key {f.name}: expected an integer, got {value!r}")
+            setattr(self, f.name, kind(number))
 
     @property
     def augment_config(self) -> AugmentConfig:

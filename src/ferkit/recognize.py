@@ -32,6 +32,10 @@ from torch import nn
 from .augment import PIXEL_MEAN, PIXEL_STD
 from .faces import DEFAULT_MARGIN, FACE_SIZE, FaceDetector, crop_face, get_detector, resize
 
+# Large images are fine here (shrunk on loading); only PIL's error limit applies. A filter
+# set once: `warnings.catch_warnings` is not thread-safe and the service decodes in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 MAX_SIDE = 4096
 _ORIENTATION_TAG = 0x0112
 
@@ -161,10 +165,12 @@ def load_image(
     source: str | os.PathLike | io.IOBase | Image.Image | np.ndarray | LoadedImage,
     color: str = "rgb",
     max_side: int = MAX_SIDE,
+    formats: tuple[str, ...] | None = None,
 ) -> LoadedImage:
     """Decode any supported input (see the module docstring) into a `LoadedImage`.
 
     ``color`` ("rgb" or "bgr") is the channel order of 3- and 4-channel numpy arrays only.
+    ``formats`` limits the PIL decoders tried on files and streams (None: all).
     A file that is not a readable image raises `ImageError`; a missing one FileNotFoundError.
     """
     if isinstance(source, LoadedImage):
@@ -189,11 +195,8 @@ def load_image(
         if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
             raise FileNotFoundError(f"{name}: no such file")
         try:
-            with warnings.catch_warnings():
-                # large images are fine here (shrunk on loading); only the error limit applies
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(source) as img:
-                    pixels, full = _from_pil(img, max_side, owned=True)
+            with Image.open(source, formats=formats) as img:
+                pixels, full = _from_pil(img, max_side, owned=True)
         except Image.DecompressionBombError as exc:
             raise ImageError(
                 f"{name}: image too large ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to accept it"

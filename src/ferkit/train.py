@@ -2,7 +2,8 @@
 
 The training images live on the training device as one uint8 tensor; every step indexes a
 batch, augments it there and runs the model. Nothing synchronises with the host inside an
-epoch, so a GPU is never starved by Python.
+epoch (except mixup/CutMix, which draw their mixing ratio on the host), so a GPU is not
+starved by Python.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, augment_batch, mix_batch, normalize
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import FaceSet, load, load_ferplus
+from .data import DataError, FaceSet, load, load_ferplus
 from .models import create_model
 from .recipe import Recipe
 
@@ -75,15 +76,31 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
+    """The FER+ votes file: `name` as given, else beside the data (in it, if a folder)."""
+    votes, data = Path(name), Path(data)
+    if votes.is_absolute() or votes.exists():
+        return votes
+    for folder in (data, data / "fer2013", data.parent):
+        if folder.is_dir() and (folder / votes.name).exists():
+            return folder / votes.name
+    raise DataError(
+        f"FER+ votes {votes.name} not found beside {data}: give its path (ferplus_csv / --ferplus)"
+    )
+
+
 def load_data(recipe: Recipe, data: str | os.PathLike) -> tuple[FaceSet, FaceSet]:
     faces = load(data)
     if recipe.dataset == "ferplus":
-        votes = Path(recipe.ferplus_csv)
-        if not votes.is_absolute() and not votes.exists():
-            # a bare file name is looked for beside the data
-            votes = Path(data).parent / votes
-        faces = load_ferplus(faces, votes)
-    return faces.subset(recipe.train_splits), faces.subset(recipe.val_split)
+        faces = load_ferplus(faces, find_ferplus_votes(recipe.ferplus_csv, data))
+    train, val = faces.subset(recipe.train_splits), faces.subset(recipe.val_split)
+    for name, part in (("training", train), ("validation", val)):
+        if (part.labels < 0).any():
+            raise DataError(
+                f"{data}: the {name} split has {(part.labels < 0).sum()} unlabelled rows (a "
+                "Kaggle test.csv has no labels): train and select on labelled splits"
+            )
+    return train, val
 
 
 def lr_at(recipe: Recipe, progress: float, epoch_progress: float, plateau_scale: float) -> float:
@@ -298,6 +315,10 @@ class Trainer:
         for key in ("epoch", "global_step", "best", "plateau_scale", "plateau_bad",
                     "planned_epochs", "elapsed", "history"):
             setattr(self, key, s[key])
+        if self.dist.main:
+            # epochs logged after the last saved state are trained again: drop their rows
+            with open(self.out / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in self.history)
         # the recipe given now sets the run's length (e.g. --set epochs=N to extend a run);
         # with a time budget, re-fit the plan to the time left at the mean epoch time so far
         if self.recipe.time_budget_minutes and self.epoch:
@@ -339,7 +360,8 @@ class Trainer:
         t0 = last_note = time.perf_counter()
         for step in steps:
             # the whole global batch is drawn and augmented on every rank, then each rank
-            # keeps its slice: results do not depend on the number of processes
+            # keeps its slice: the data a step sees does not depend on the number of
+            # processes (BatchNorm statistics do, per process, unless sync_bn is on)
             idx = perm[step * r.batch_size : (step + 1) * r.batch_size]
             x = augment_batch(self.x_train[idx], cfg, self.gen)
             labels = self.y_train[idx]
@@ -422,6 +444,13 @@ class Trainer:
                 f"{row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s")
         print(line, file=sys.stderr, flush=True)
 
+    def _from_rank0(self, value: float) -> float:
+        if self.dist.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
     def _plan(self, epoch_seconds: float) -> None:
         """Fit the schedule's length to the time budget (recipe.time_budget_minutes)."""
         budget = self.recipe.time_budget_minutes
@@ -445,7 +474,7 @@ class Trainer:
             except ImportError:
                 pass
         stop_reason = "epochs"
-        last_epoch_seconds = None
+        invocation_start = time.perf_counter()
         start_wall = time.perf_counter() - self.elapsed
         while self.epoch < self.planned_epochs:
             t0 = time.perf_counter()
@@ -453,9 +482,9 @@ class Trainer:
             self.epoch += 1
             self.elapsed = time.perf_counter() - start_wall
             row["elapsed_s"] = self.elapsed
-            epoch_total = time.perf_counter() - t0
-            # the first epoch includes compilation and warm-up: plan from the later ones
-            last_epoch_seconds = epoch_total if self.epoch > 1 or last_epoch_seconds is None else last_epoch_seconds
+            # every process must take the same decisions below: rank 0's clock decides
+            epoch_total = self._from_rank0(time.perf_counter() - t0)
+            this_run = self._from_rank0(time.perf_counter() - invocation_start)
             if r.schedule == "plateau":
                 if row["val_acc"] > self.best + 1e-4:
                     self.plateau_bad = 0
@@ -476,7 +505,8 @@ class Trainer:
                 self.save("last", metrics)
                 self._save_state()
             if self.max_minutes and self.epoch < self.planned_epochs:
-                if self.elapsed + epoch_total > self.max_minutes * 60:
+                # --max-minutes boxes this invocation (a resumed run gets a fresh box)
+                if this_run + epoch_total > self.max_minutes * 60:
                     stop_reason = "max_minutes"
                     break
         if writer is not None:

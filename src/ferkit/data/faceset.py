@@ -146,7 +146,8 @@ class FaceSet:
         """Write an lzma-compressed pack that `FaceSet.load` reads; returns the path."""
         path = Path(path)
         buf = io.BytesIO()
-        np.savez(buf, **self.to_arrays(magic=PACK_MAGIC, source=self.source))
+        # the file name only: a pack must not carry the paths of the machine that made it
+        np.savez(buf, **self.to_arrays(magic=PACK_MAGIC, source=Path(self.source).name))
         filters = [
             {"id": lzma.FILTER_DELTA, "dist": 1},
             {"id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME},
@@ -171,7 +172,7 @@ class FaceSet:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"{path}: unreadable ferkit pack ({exc})") from None
-        faces.info["packed_from"] = meta.get("source", "")
+        faces.info["packed_from"] = Path(meta.get("source", "")).name
         return faces
 
     @classmethod

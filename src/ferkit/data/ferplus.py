@@ -69,7 +69,8 @@ def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
 
     Returns the rows the majority rule keeps, with 8 classes (contempt included),
     ``labels`` the majority label and ``soft_labels`` the vote distribution over the 8
-    emotions after the outlier (single-vote) removal (the FER+ paper's cross-entropy targets).
+    emotions after the outlier (single-vote) removal. (The FER+ reference code's
+    cross-entropy mode further keeps at most the three top emotions; ferkit keeps them all.)
     """
     votes, usage = read_ferplus_votes(votes_csv)
     if faces.index.max(initial=-1) >= len(votes):

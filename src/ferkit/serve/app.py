@@ -224,24 +224,20 @@ class InferencePool:
 
 def _worker_recognizers(recognizer: Any, n: int) -> list[Any]:
     """One recognizer per worker: shallow copies sharing the model (PyTorch inference is
-    thread-safe) with their own face detector (OpenCV's cascade is not). A recognizer whose
-    detector cannot be rebuilt by name is shared by all workers behind a lock."""
+    thread-safe), each with its own clone of the face detector (same options; OpenCV's
+    cascade is not thread-safe). A recognizer whose detector cannot be cloned is shared by
+    all workers behind a lock."""
     if n == 1:
         return [recognizer]
-    from ..faces import get_detector, list_detectors
-
     detector = getattr(recognizer, "detector", None)
-    name = getattr(detector, "name", "")
-    if isinstance(recognizer, Recognizer) and name in list_detectors():
-        try:
-            out = [recognizer]
-            for _ in range(n - 1):
-                clone = copy.copy(recognizer)
-                clone.detector = get_detector(name)
-                out.append(clone)
-            return out
-        except Exception:  # a detector needing options: fall back to sharing
-            log.warning("cannot build a face detector per worker; workers share one")
+    if isinstance(recognizer, Recognizer) and hasattr(detector, "clone"):
+        out = [recognizer]
+        for _ in range(n - 1):
+            clone = copy.copy(recognizer)
+            clone.detector = detector.clone()
+            out.append(clone)
+        return out
+    log.warning("cannot clone the face detector per worker; workers share one")
     return [_Locked(recognizer)] * n
 
 
@@ -617,7 +613,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
 
         def job(rec) -> dict:
             t0 = time.perf_counter()
-            loaded = load_image(io.BytesIO(data), max_side=max_side)
+            loaded = load_image(io.BytesIO(data), max_side=max_side, formats=ACCEPTED_FORMATS)
             t1 = time.perf_counter()
             faces = rec.predict(loaded)
             t2 = time.perf_counter()
