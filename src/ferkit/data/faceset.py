@@ -15,6 +15,10 @@ import numpy as np
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 IMAGE_SIZE = 48
+#: File extensions read as images (folder datasets, `ferkit predict` on folders).
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm".split()
+)
 PACK_MAGIC = "ferkit-pack-1"
 
 
@@ -109,7 +113,7 @@ class FaceSet:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
-    # ---- compact pack file (for carrying to a training machine) ----
+    # ---- the .npz form ----
 
     def to_arrays(self, **meta) -> dict[str, np.ndarray]:
         """The arrays of the .npz form (shared by packs and the cache); `meta` adds keys."""

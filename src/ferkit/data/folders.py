@@ -21,12 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import readers
-from .faceset import FER2013_CLASSES, IMAGE_SIZE, SPLITS, DataError, FaceSet
+from .faceset import FER2013_CLASSES, IMAGE_EXTENSIONS, IMAGE_SIZE, SPLITS, DataError, FaceSet
 from .fer2013 import read_fer2013_csv
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-)
 CSV_NAMES = tuple(
     f"{stem}.csv{ext}" for stem in ("fer2013", "icml_face_data") for ext in ("", ".gz", ".xz")
 )
