@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -63,3 +64,23 @@ def write_csv():
         return path
 
     return write
+
+
+RANDOM_MODEL_META = {
+    "model": "mba_cnn",
+    "model_options": {},
+    "class_names": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
+    "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised MBA-CNN saved as a shipped-style checkpoint (no trained weights)."""
+    from ferkit.checkpoint import save_checkpoint
+    from ferkit.models import create_model
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("ckpt") / "random"
+    save_checkpoint(create_model("mba_cnn"), base, RANDOM_MODEL_META, dtype=torch.float16)
+    return base

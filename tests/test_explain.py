@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from PIL import Image
 from torch import nn
 
 from ferkit import samples
-from ferkit.checkpoint import save_checkpoint
 from ferkit.explain import (
     FaceExplanation,
     add_parsers,
@@ -34,14 +32,6 @@ META = {
     "class_names": CLASSES,
     "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
 }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("ckpt") / "random"
-    save_checkpoint(create_model("mba_cnn"), base, META, dtype=torch.float16)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from PIL import Image
 
 from ferkit import samples
 from ferkit.augment import normalize
-from ferkit.checkpoint import save_checkpoint
 from ferkit.faces import Detection, FaceDetector, crop_face, faces_to_tensor, get_detector
 from ferkit.models import create_model
 from ferkit.predict_cli import add_parsers
@@ -23,21 +22,6 @@ from ferkit.recognize import Face, ImageError, Recognizer, load_image
 from ferkit.weights import available_weights, load_model
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised MBA-CNN saved as a shipped-style checkpoint."""
-    torch.manual_seed(0)
-    meta = {
-        "model": "mba_cnn",
-        "model_options": {},
-        "class_names": CLASSES,
-        "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
-    }
-    base = tmp_path_factory.mktemp("ckpt") / "random"
-    save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
-    return base
 
 
 @pytest.fixture(scope="module")

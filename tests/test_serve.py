@@ -11,11 +11,9 @@ import threading
 import time
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the REST service needs FastAPI: pip install 'ferkit[serve]'")
@@ -33,28 +31,11 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from ferkit import samples  # noqa: E402
-from ferkit.checkpoint import save_checkpoint  # noqa: E402
-from ferkit.models import create_model  # noqa: E402
 from ferkit.recognize import Recognizer  # noqa: E402
 from ferkit.serve import cli as serve_cli  # noqa: E402
 from ferkit.serve.app import InferencePool, Settings, create_app  # noqa: E402
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised MBA-CNN saved as a checkpoint (no trained weights needed)."""
-    torch.manual_seed(0)
-    meta = {
-        "model": "mba_cnn",
-        "model_options": {},
-        "class_names": CLASSES,
-        "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
-    }
-    base = tmp_path_factory.mktemp("ckpt") / "random"
-    save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ from PIL import Image
 from torch import nn
 
 from ferkit import samples
-from ferkit.checkpoint import save_checkpoint
-from ferkit.models import create_model
 from ferkit.recognize import Face, Recognizer
 from ferkit.video import (
     FrameResult,
@@ -88,21 +86,6 @@ class PixelNet(nn.Module):
 def recognizer() -> Recognizer:
     torch.manual_seed(0)
     return Recognizer(model=(PixelNet(), {"class_names": CLASSES}), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised MBA-CNN saved as a shipped-style checkpoint."""
-    torch.manual_seed(0)
-    meta = {
-        "model": "mba_cnn",
-        "model_options": {},
-        "class_names": CLASSES,
-        "preprocessing": {"size": 48, "gray": True, "mean": 0.5, "std": 0.25},
-    }
-    base = tmp_path_factory.mktemp("ckpt") / "random"
-    save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
-    return base
 
 
 def scores(face: Face) -> np.ndarray:
