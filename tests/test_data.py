@@ -500,7 +500,7 @@ def test_check_report_counts(make_images):
 
 # ---- real data (the user's own copy; never in the repo) ----
 
-README_COUNTS = {  # /work/shared/data/README.md: total, then the 7 classes
+README_COUNTS = {  # the published FER2013 split table: total, then the 7 classes
     "Training": (28709, [3995, 436, 4097, 7215, 4830, 3171, 4965]),
     "PublicTest": (3589, [467, 56, 496, 895, 653, 415, 607]),
     "PrivateTest": (3589, [491, 55, 528, 879, 594, 416, 626]),
