@@ -24,6 +24,7 @@ tragion, left ear tragion.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -405,6 +406,13 @@ class BlazeFaceDetector(FaceDetector):
         self.weighted = weighted
         self.tiles = tiles
         self.threads = threads
+
+    def clone(self) -> BlazeFaceDetector:
+        # clones run in concurrent threads: toggling torch's process-wide thread count from
+        # several of them would change other threads' arithmetic mid-call, so leave it alone
+        twin = copy.copy(self)
+        twin.threads = None
+        return twin
 
     def raw_outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network's (A x 16 offsets, A logits) for a uint8 size x size x 3 RGB input."""

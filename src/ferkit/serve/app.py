@@ -231,8 +231,9 @@ def _worker_recognizers(recognizer: Any, n: int) -> list[Any]:
         return [recognizer]
     detector = getattr(recognizer, "detector", None)
     if isinstance(recognizer, Recognizer) and hasattr(detector, "clone"):
-        out = [recognizer]
-        for _ in range(n - 1):
+        # every worker a clone (the original's detector may differ, e.g. in threads)
+        out = []
+        for _ in range(n):
             clone = copy.copy(recognizer)
             clone.detector = detector.clone()
             out.append(clone)
