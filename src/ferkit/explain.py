@@ -23,6 +23,7 @@ from torch import nn
 
 from .faces import FACE_SIZE, crop_face, faces_to_tensor
 from .models.layers import SpatialAttention
+from .predict_cli import add_recognizer_arguments
 from .recognize import Face, LoadedImage, Recognizer, load_image
 
 _CHUNK = 32
@@ -480,13 +481,7 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("image", metavar="IMAGE", help="photo file")
     p.add_argument("--out", required=True, metavar="OUT.png", help="image file to write")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
-    )
-    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_recognizer_arguments(p)
     p.add_argument(
         "--target",
         default=None,

@@ -62,6 +62,19 @@ def expand_inputs(args: list[str]) -> list[Input]:
     return out
 
 
+def add_recognizer_arguments(parser) -> None:
+    """``--model``, ``--detector`` and ``--device``: what every recognising command takes."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
+    )
+    parser.add_argument(
+        "--detector", default="blazeface", help="face detector: blazeface (default) or haar"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
 def add_parsers(subparsers) -> None:
     """Add the ``predict`` command to the ``ferkit`` command's subparsers."""
     p = subparsers.add_parser(
@@ -90,13 +103,7 @@ def add_parsers(subparsers) -> None:
         default=None,
         help="write a copy of each image with boxes and labels into OUT_DIR",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
-    )
-    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_recognizer_arguments(p)
     p.set_defaults(func=run_predict)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .faces import _import_cv2
+from .predict_cli import add_recognizer_arguments
 from .recognize import _PALETTE, Face, Recognizer
 
 #: Frames per second written when a video does not say its own.
@@ -387,13 +388,7 @@ def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
         help="exponential smoothing of each face's scores over time, alpha in [0, 1): "
         f"0 = none, 0.8 = heavy (default: {smooth_default:g})",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
-    )
-    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_recognizer_arguments(p)
 
 
 def add_parsers(subparsers) -> None:

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import sys
 
+from ..predict_cli import add_recognizer_arguments
 from . import (
     DEFAULT_HOST,
     DEFAULT_MAX_PIXELS,
@@ -79,13 +80,7 @@ def add_parsers(subparsers) -> None:
         default=DEFAULT_QUEUE,
         help=f"requests that may wait for a free worker; more get 503 (default: {DEFAULT_QUEUE})",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
-    )
-    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default) or haar")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_recognizer_arguments(p)
     p.add_argument(
         "--max-upload-mb",
         type=_positive_float,
