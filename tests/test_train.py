@@ -506,6 +506,14 @@ def test_recipe_numbers_given_as_text_become_numbers():
         Recipe.from_dict({"augment": {"scale": 1.1}})
 
 
+def test_recipe_checks_the_compile_mode():
+    assert Recipe.from_dict({"compile": True, "compile_mode": "reduce-overhead"}).compile_mode == (
+        "reduce-overhead"
+    )
+    with pytest.raises(ValueError, match="compile_mode 'fast'"):
+        Recipe.from_dict({"compile": True, "compile_mode": "fast"})
+
+
 def test_recipe_refuses_selecting_on_a_training_split():
     with pytest.raises(ValueError, match="held out"):
         Recipe(val_split="Training")

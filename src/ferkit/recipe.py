@@ -12,6 +12,7 @@ from .augment import AugmentConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TEST_SPLIT = "PrivateTest"
 
 
@@ -48,6 +49,9 @@ class Recipe:
     amp_cpu: bool = False
     channels_last: bool = True
     compile: bool = False
+    # torch.compile's mode: "reduce-overhead" replays CUDA graphs (small batches are
+    # launch-bound on a GPU); "default", "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     sync_bn: bool = False
     time_budget_minutes: float | None = None  # fit the schedule's length to this time
     eval_batch_size: int = 1024
@@ -74,6 +78,8 @@ class Recipe:
         self._coerce_numbers()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {self.compile_mode!r}: use one of {COMPILE_MODES}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: use one of {SCHEDULES}")
         if self.dataset not in ("fer2013", "ferplus"):

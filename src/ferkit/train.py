@@ -229,7 +229,7 @@ class Trainer:
             )
         self.eager_model = self.train_model
         if r.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=r.compile_mode)
         self.amp = r.amp if self.device.type == "cuda" else r.amp_cpu
 
         self.steps_per_epoch = len(self.x_train) // r.batch_size
