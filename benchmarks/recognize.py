@@ -1,4 +1,4 @@
-"""Recognition speed on the CPU: classifier faces/s, photo latency and video fps per backend.
+"""Recognition speed on the CPU: classifier faces/s; photo latency and video fps per detector.
 
 Prints Markdown tables:
 
@@ -7,15 +7,16 @@ Prints Markdown tables:
   onnxruntime fp32 and onnxruntime int8 (static quantization, calibrated here on crops of
   the sample photo: a speed row only; ``ferkit export --int8`` checks accuracy);
 - photo latency: the bundled 512 x 512 sample (decoded once), detection + classification,
-  median ms over ``--runs`` calls of `Recognizer.predict`, per backend;
+  median ms over ``--runs`` calls of `Recognizer.predict`, per detector and backend;
 - video fps: a synthetic 640 x 480 stream, the sample's face region pasted at moving
   positions of a fixed background (one face per frame), detection + classification per frame.
 
-Torch, onnxruntime and OpenCV (the Haar detector) all get ``--threads`` threads. Weights do
-not change the speed: without shipped weights a randomly initialised MBA-CNN is timed.
+Torch, onnxruntime and OpenCV (the Haar detector) all get ``--threads`` threads; BlazeFace
+runs its network on 1 torch thread (its default). Weights do not change the speed: without
+shipped weights a randomly initialised MBA-CNN is timed.
 
     PYTHONPATH=src python benchmarks/recognize.py [--threads 2] [--seconds 3] [--runs 30]
-        [--frames 150] [--model NAME|PATH] [--no-int8]
+        [--frames 150] [--model NAME|PATH] [--no-int8] [--detectors blazeface haar]
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=150, help="video frames per backend")
     ap.add_argument("--model", default=None, help="weights name or checkpoint path")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 row")
+    ap.add_argument("--detectors", nargs="+", default=["blazeface", "haar"],
+                    choices=["blazeface", "haar"], help="detectors of the photo and video rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -174,32 +177,41 @@ def main() -> None:
         for name, b1, b64 in rows:
             print(f"| {name} | {b1:.0f} | {b64:.0f} | {b1 / eager1:.2f}x |")
 
-        detector = get_detector("haar", threads=args.threads)
-        recognizers = {
-            "torch": Recognizer(model=(model, meta), detector=detector, device="cpu"),
-            "onnx": Recognizer(model=fp32, detector=detector, backend="onnx"),
+        detectors = {
+            name: get_detector(name, threads=1 if name == "blazeface" else args.threads)
+            for name in args.detectors
         }
-        detect_ms = median_ms(lambda: detector.detect(photo), args.runs)
+        recognizers = {
+            (det, backend): Recognizer(
+                model=(model, meta) if backend == "torch" else fp32,
+                detector=detector,
+                device="cpu",
+                backend=backend,
+            )
+            for det, detector in detectors.items()
+            for backend in ("torch", "onnx")
+        }
         print("\n## Photo latency (512 x 512 sample, decoded once; median ms)\n")
-        print("| backend | detection + classification ms | of which detection ms |")
-        print("|---|---:|---:|")
-        for name, rec in recognizers.items():
+        print("| detector | backend | detection + classification ms | of which detection ms |")
+        print("|---|---|---:|---:|")
+        for (det, backend), rec in recognizers.items():
+            detect_ms = median_ms(lambda d=detectors[det]: d.detect(photo), args.runs)
             ms = median_ms(lambda rec=rec: rec.predict(photo), args.runs)
-            print(f"| {name} | {ms:.1f} | {detect_ms:.1f} |")
+            print(f"| {det} | {backend} | {ms:.1f} | {detect_ms:.1f} |")
 
         frames = video_frames(region, min(args.frames, 60))
         print(f"\n## Video ({FRAME_W} x {FRAME_H}, one moving face, {args.frames} frames)\n")
-        print("| backend | fps | frames with one face found |")
-        print("|---|---:|---:|")
+        print("| detector | backend | fps | frames with one face found |")
+        print("|---|---|---:|---:|")
         best_fps = 0.0
-        for name, rec in recognizers.items():
+        for (det, backend), rec in recognizers.items():
             rec.predict(frames[0])
             found, t0 = 0, time.perf_counter()
             for k in range(args.frames):
                 found += len(rec.predict(frames[k % len(frames)])) == 1
             fps = args.frames / (time.perf_counter() - t0)
             best_fps = max(best_fps, fps)
-            print(f"| {name} | {fps:.1f} | {100 * found / args.frames:.0f}% |")
+            print(f"| {det} | {backend} | {fps:.1f} | {100 * found / args.frames:.0f}% |")
 
     best = max(rows[1:], key=lambda r: r[1])
     print(
