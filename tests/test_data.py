@@ -6,7 +6,10 @@ FER2013 copy from ``$FERKIT_DATA`` (the folder holding ``fer2013/``) and skip wi
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import lzma
 import os
 import time
 from pathlib import Path
@@ -27,7 +30,9 @@ from ferkit.data import (
     readers,
 )
 from ferkit.data.check import check_report, format_check, warn_if_resplit
+from ferkit.data.faceset import PACK_MAGIC, med_decode, med_encode
 from ferkit.data.ferplus import VOTE_COLUMNS, majority_targets
+from ferkit.train import find_ferplus_votes
 
 pytestmark = pytest.mark.usefixtures("ferkit_cache")
 
@@ -268,6 +273,151 @@ def test_pack_round_trip(icml, tmp_path, make_images):
     assert back.info["packed_from"] == path.name  # the name only: no machine paths in packs
 
 
+def faces_of(images: np.ndarray, soft: bool = False) -> FaceSet:
+    n = len(images)
+    rng = np.random.default_rng(1)
+    return FaceSet(
+        images=images, labels=np.arange(n) % 7, splits=np.array(["Training", "PublicTest"] * n)[:n],
+        index=np.arange(n) * 3 + 5, source="/somewhere/fer2013.csv",
+        soft_labels=rng.dirichlet(np.ones(7), n).astype(np.float32) if soft else None,
+    )
+
+
+def pack_arrays(pack: Path) -> dict:
+    """The arrays inside a pack file, as stored."""
+    with np.load(io.BytesIO(lzma.decompress(pack.read_bytes()))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def save_old_pack(faces: FaceSet, path: Path) -> Path:
+    """A pack as ferkit wrote it before image codecs: the images plain, delta + LZMA2."""
+    buf = io.BytesIO()
+    np.savez(buf, **faces.to_arrays(magic=PACK_MAGIC, source=Path(faces.source).name))
+    filters = [
+        {"id": lzma.FILTER_DELTA, "dist": 1},
+        {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME},
+    ]
+    path.write_bytes(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=filters))
+    return path
+
+
+def face_like(n: int, seed: int = 0) -> np.ndarray:
+    """Smooth images with some sensor noise: a gradient, a bright oval, a dark band."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:48, 0:48] / 47.0
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(-60, 60, size=3)
+        cx, cy, r = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.25, 0.4)
+        oval = np.exp(-((x - cx) ** 2 + ((y - cy) / 1.3) ** 2) / r**2)
+        band = np.exp(-((y - cy + 0.1) ** 2) / 0.003)
+        img = 90 + a * x + b * y + c * x * y + 80 * oval - 40 * band + rng.normal(0, 1, (48, 48))
+        out.append(np.clip(img, 0, 255))
+    return np.rint(np.stack(out)).astype(np.uint8)
+
+
+def distinct_constants(n: int) -> np.ndarray:
+    return np.repeat(np.array([0, 255, 1, 128, 127, 254])[:n], 48 * 48).reshape(-1, 48, 48)
+
+
+@pytest.mark.parametrize("kind", ["noise", "constant", "duplicates", "none", "one"])
+def test_pack_codec_round_trip(tmp_path, make_images, kind):
+    images = {
+        "noise": make_images(40, seed=3),
+        "constant": distinct_constants(6).astype(np.uint8),
+        "duplicates": make_images(12, seed=4)[[0, 1, 0, 2, 2, 2, 11, 1, 0, 5]],
+        "none": make_images(0),
+        "one": make_images(1, seed=5),
+    }[kind]
+    faces = faces_of(images, soft=True)
+    pack = faces.save_pack(tmp_path / "data.pack", preset=1)
+    back = load(pack)
+    for name in ("images", "labels", "splits", "index", "soft_labels"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(faces, name))
+        assert getattr(back, name).dtype == getattr(faces, name).dtype
+        assert getattr(back, name).shape == getattr(faces, name).shape
+    assert back.info["packed_from"] == "fer2013.csv"
+    stored = pack_arrays(pack)
+    meta = json.loads(str(stored["meta"]))
+    assert meta["image_codec"] == "med1" and meta["image_dedup"] is True
+    assert "images" not in stored and stored["image_rows"].dtype == np.int32
+    distinct = len(np.unique(images.reshape(len(images), 48 * 48), axis=0))
+    assert len(stored["image_residuals"]) == distinct  # each image once (4 of 10 above)
+
+
+@pytest.mark.parametrize("shape", [(0, 48, 48), (1, 1, 1), (3, 1, 9), (3, 9, 1), (5, 7, 11), (2, 0, 4)])
+def test_med_codec_any_size(shape):
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    residuals = med_encode(images)
+    assert residuals.dtype == np.uint8 and residuals.shape == shape
+    back = med_decode(residuals)
+    np.testing.assert_array_equal(back, images)
+    assert back.dtype == np.uint8 and back.shape == shape
+
+
+def test_med_codec_predicts():
+    y, x = np.mgrid[0:6, 0:8]
+    plane = (100 + 2 * x - y).astype(np.uint8)  # slopes of opposite signs: c between a and b
+    ramp = (100 + 2 * x + y).astype(np.uint8)  # both rising: MED takes max(a, b), off by 1
+    images = np.stack([plane, 255 - plane, ramp])
+    residuals = med_encode(images)
+    # inside, the plane is predicted exactly; along the top row and the left column the
+    # residuals are the slopes (+2, -1 zigzagged to 4, 1; -2, +1 to 3, 2); the first pixel
+    # is predicted by 0 (100 is 200 zigzagged, 155 = -101 mod 256 is 201)
+    np.testing.assert_array_equal(residuals[:2, 1:, 1:], 0)
+    np.testing.assert_array_equal(residuals[2, 1:, 1:], 2)
+    assert residuals[0, 0, 1:].tolist() == [4] * 7 and residuals[0, 1:, 0].tolist() == [1] * 5
+    assert residuals[1, 0, 1:].tolist() == [3] * 7 and residuals[1, 1:, 0].tolist() == [2] * 5
+    assert residuals[:, 0, 0].tolist() == [200, 201, 200]
+    np.testing.assert_array_equal(med_decode(residuals), images)
+
+
+def test_old_format_pack_still_loads(tmp_path, make_images):
+    faces = faces_of(make_images(9, seed=6), soft=True)
+    pack = save_old_pack(faces, tmp_path / "old.fkpack")
+    assert "image_codec" not in json.loads(str(pack_arrays(pack)["meta"]))
+    back = load(pack)
+    for name in ("images", "labels", "splits", "index", "soft_labels"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(faces, name))
+        assert getattr(back, name).dtype == getattr(faces, name).dtype
+    assert back.info["packed_from"] == "fer2013.csv"
+
+
+def test_pack_smaller_than_old_format(tmp_path):
+    images = face_like(200)
+    images = np.concatenate([images, images[:10]])  # some exact duplicates, as in FER2013
+    faces = faces_of(images)
+    old = save_old_pack(faces, tmp_path / "old.fkpack").stat().st_size
+    new = faces.save_pack(tmp_path / "new.fkpack").stat().st_size
+    assert new < 0.96 * old, (new, old)  # about 7% smaller here; real faces gain 10%
+    np.testing.assert_array_equal(load(tmp_path / "new.fkpack").images, images)
+
+
+def test_bad_pack_names_the_file(tmp_path, make_images):
+    faces = faces_of(make_images(3))
+    arrays = pack_arrays(faces.save_pack(tmp_path / "data.pack", preset=1))
+
+    def repack(name: str, **changes) -> Path:
+        buf = io.BytesIO()
+        np.savez(buf, **{**arrays, **changes})
+        (path := tmp_path / name).write_bytes(lzma.compress(buf.getvalue()))
+        return path
+
+    meta = json.loads(str(arrays["meta"]))
+    newer = repack("newer.pack", meta=np.array(json.dumps({**meta, "image_codec": "med9"})))
+    with pytest.raises(DataError, match=r"newer\.pack: pack image codec 'med9' unknown"):
+        load(newer)
+    with pytest.raises(DataError, match=r"rows\.pack: unreadable ferkit pack .*image_rows"):
+        load(repack("rows.pack", image_rows=np.array([0, 3, 1], dtype=np.int32)))
+    with pytest.raises(DataError, match=r"gone\.pack: unreadable ferkit pack"):
+        load(repack("gone.pack", image_residuals=np.zeros((3, 48), np.uint8)))
+    with pytest.raises(DataError, match=r"small\.pack: images must be uint8 N x 48 x 48"):
+        load(repack("small.pack", image_residuals=np.zeros((3, 8, 8), np.uint8)))
+    (trunc := tmp_path / "trunc.pack").write_bytes((tmp_path / "data.pack").read_bytes()[:-40])
+    with pytest.raises(DataError, match=r"trunc\.pack"):
+        FaceSet.from_pack(trunc)
+
+
 def test_csv_cache(icml, tmp_path, ferkit_cache, monkeypatch):
     path, images = icml("fer2013.csv.gz", folder=tmp_path / "data")
     before = listing(path.parent)
@@ -432,6 +582,31 @@ def test_ferplus_majority_rule(tmp_path, make_images, write_csv):
     ]
     with pytest.raises(DataError, match="Usage disagrees"):
         load_ferplus(faces, write_csv(tmp_path / "wrong.csv", header, wrong))
+
+
+def test_ferplus_votes_gzipped(tmp_path, make_images, write_csv, icml):
+    usage = ["Training"] * 3
+    faces = FaceSet(images=make_images(3), labels=np.zeros(3), splits=np.array(usage))
+    header = "Usage,Image name," + ",".join(VOTE_COLUMNS)
+    rows = [[u, f"fer{i:07d}.png", *([0] * i + [10] + [0] * (9 - i))] for i, u in enumerate(usage)]
+    data = tmp_path / "data"
+    pack = faces.save_pack(data / "train.fkpack", preset=1)
+    gz = write_csv(data / "fer2013new.csv.gz", header, rows)
+    assert gzip.decompress(gz.read_bytes()).startswith(b"Usage,")
+    # looked for as fer2013new.csv beside the pack: the .gz is taken
+    assert find_ferplus_votes("fer2013new.csv", pack) == gz
+    assert find_ferplus_votes(data / "fer2013new.csv", pack) == gz  # an absolute path too
+    plus = load_ferplus(load(pack), find_ferplus_votes("fer2013new.csv", pack))
+    assert plus.labels.tolist() == [0, 1, 2]
+    # the plain file, where there is one, comes first
+    plain = write_csv(data / "fer2013new.csv", header, rows)
+    assert find_ferplus_votes("fer2013new.csv", pack) == plain
+    assert find_ferplus_votes("fer2013new.csv.gz", pack) == gz
+    with pytest.raises(DataError, match="fer2013new.csv not found beside"):
+        find_ferplus_votes("fer2013new.csv", tmp_path / "elsewhere" / "x.fkpack")
+    (data / "bad.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"bad\.csv\.gz: cannot read FER\+ votes"):
+        load_ferplus(faces, data / "bad.csv.gz")
 
 
 # ---- data check ----

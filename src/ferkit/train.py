@@ -27,6 +27,7 @@ from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, augment_batch, mix_batch, normalize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
+from .data.ferplus import VOTES_OPENERS
 from .models import create_model
 from .recipe import Recipe
 
@@ -77,13 +78,26 @@ def code_version() -> str:
 
 
 def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
-    """The FER+ votes file: `name` as given, else beside the data (in it, if a folder)."""
+    """The FER+ votes file: `name` as given, else beside the data (in it, if a folder).
+
+    Where none of those is there, a compressed copy in the same places is taken
+    (``fer2013new.csv.gz``, or .xz / .bz2), in the same order.
+    """
     votes, data = Path(name), Path(data)
     if votes.is_absolute() or votes.exists():
-        return votes
-    for folder in (data, data / "fer2013", data.parent):
-        if folder.is_dir() and (folder / votes.name).exists():
-            return folder / votes.name
+        places = [votes]
+    else:
+        places = [votes] + [
+            folder / votes.name for folder in (data, data / "fer2013", data.parent)
+            if folder.is_dir()
+        ]
+    suffixes = [""] if votes.suffix.lower() in VOTES_OPENERS else ["", *VOTES_OPENERS]
+    for suffix in suffixes:
+        for place in places:
+            if (path := place.with_name(place.name + suffix)).exists():
+                return path
+    if votes.is_absolute():
+        return votes  # its reader says what is wrong with it
     raise DataError(
         f"FER+ votes {votes.name} not found beside {data}: give its path (ferplus_csv / --ferplus)"
     )

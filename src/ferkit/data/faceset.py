@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm".split()
 )
 PACK_MAGIC = "ferkit-pack-1"
+#: The image codec of the packs `FaceSet.save_pack` writes (see `med_encode`).
+PACK_IMAGE_CODEC = "med1"
 
 
 class DataError(ValueError):
@@ -130,11 +132,11 @@ class FaceSet:
         return arrays
 
     @classmethod
-    def from_arrays(cls, z, source: str) -> FaceSet:
-        """Inverse of `to_arrays` (`z`: an opened .npz)."""
+    def from_arrays(cls, z, source: str, images: np.ndarray | None = None) -> FaceSet:
+        """Inverse of `to_arrays` (`z`: an opened .npz); `images`, if given, replaces z's."""
         meta = json.loads(str(z["meta"]))
         return cls(
-            images=z["images"],
+            images=z["images"] if images is None else images,
             labels=z["labels"],
             splits=z["splits"],
             class_names=tuple(meta["class_names"]),
@@ -147,15 +149,33 @@ class FaceSet:
     # ---- compact pack file (for carrying to a training machine) ----
 
     def save_pack(self, path: str | os.PathLike, preset: int = 9) -> Path:
-        """Write an lzma-compressed pack that `FaceSet.load` reads; returns the path."""
+        """Write a compact, lossless pack that `FaceSet.load` reads; returns the path.
+
+        A pack is an xz file holding an .npz (`to_arrays`, magic `PACK_MAGIC`) in which the
+        images are deduplicated and predicted: ``image_residuals`` holds each distinct image
+        once, as `med_encode` residuals, and ``image_rows`` (int32, N) the distinct image of
+        each row; the meta records ``"image_codec": "med1"`` and ``"image_dedup": true``. The
+        xz stream is LZMA2 at `preset` | extreme with lc=4, lp=0, pb=0 (on FER2013 about 10%
+        smaller than the plain images through a delta filter, the format before codecs).
+        """
         path = Path(path)
+        unique, rows = _dedup(self.images)
+        arrays = self.to_arrays(
+            # the file name only: a pack must not carry the paths of the machine that made it
+            magic=PACK_MAGIC, source=Path(self.source).name,
+            image_codec=PACK_IMAGE_CODEC, image_dedup=True,
+        )
+        del arrays["images"]
+        arrays["image_residuals"] = med_encode(unique)
+        arrays["image_rows"] = rows
         buf = io.BytesIO()
-        # the file name only: a pack must not carry the paths of the machine that made it
-        np.savez(buf, **self.to_arrays(magic=PACK_MAGIC, source=Path(self.source).name))
-        filters = [
-            {"id": lzma.FILTER_DELTA, "dist": 1},
-            {"id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME},
-        ]
+        np.savez(buf, **arrays)
+        # literals coded in the context of the previous residual (lc=4): the residuals are
+        # bytes, so no position bits (lp=pb=0); a delta filter only hurts residuals
+        filters = [{
+            "id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME,
+            "lc": 4, "lp": 0, "pb": 0,
+        }]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=filters))
@@ -164,6 +184,7 @@ class FaceSet:
 
     @classmethod
     def from_pack(cls, path: str | os.PathLike) -> FaceSet:
+        """Read a pack of `save_pack`, or of ferkit before image codecs (plain ``images``)."""
         path = Path(path)
         try:
             raw = lzma.decompress(path.read_bytes())
@@ -171,10 +192,29 @@ class FaceSet:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("magic") != PACK_MAGIC:
                     raise DataError(f"{path}: not a ferkit pack (magic {meta.get('magic')!r})")
-                faces = cls.from_arrays(z, str(path))
+                codec = meta.get("image_codec")
+                if codec is None:  # written before image codecs: the images as they are
+                    faces = cls.from_arrays(z, str(path))
+                elif codec == PACK_IMAGE_CODEC:
+                    images = med_decode(z["image_residuals"])
+                    if meta.get("image_dedup", "image_rows" in z.files):
+                        rows = z["image_rows"]
+                        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
+                            len(rows) and not 0 <= rows.min() <= rows.max() < len(images)
+                        ):
+                            raise ValueError(f"image_rows do not index the {len(images)} images")
+                        images = images[rows]
+                    faces = cls.from_arrays(z, str(path), images=images)
+                else:
+                    raise DataError(
+                        f"{path}: pack image codec {codec!r} unknown to this ferkit "
+                        f"(it reads {PACK_IMAGE_CODEC!r}); update ferkit"
+                    )
         except (lzma.LZMAError, OSError, KeyError, ValueError) as exc:
             if isinstance(exc, DataError):
-                raise
+                if str(path) in str(exc):
+                    raise
+                raise DataError(f"{path}: {exc}") from None  # FaceSet's checks, with the file
             raise DataError(f"{path}: unreadable ferkit pack ({exc})") from None
         faces.info["packed_from"] = Path(meta.get("source", "")).name
         return faces
@@ -185,3 +225,90 @@ class FaceSet:
         from .readers import load
 
         return load(path, **kwargs)
+
+
+# ---- the pack's image codec ----
+
+
+def _dedup(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique, rows)``: the distinct images in order of first appearance and, for each
+    image, the int32 row of its copy in ``unique`` (``images == unique[rows]``)."""
+    n = len(images)
+    flat = np.ascontiguousarray(images).reshape(n, int(np.prod(images.shape[1:])))
+    if n == 0 or flat.shape[1] == 0:
+        return images[:n], np.arange(n, dtype=np.int32)
+    keys = flat.view(np.dtype((np.void, flat.shape[1]))).reshape(n)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # distinct images by first appearance
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return images[first[order]], rank[inverse.reshape(n)]
+
+
+def med_encode(images: np.ndarray) -> np.ndarray:
+    """Codec ``med1``: uint8 N x H x W images to uint8 prediction residuals (lossless).
+
+    Each pixel is predicted by the LOCO-I / JPEG-LS median edge detector from its left (a),
+    upper (b) and upper-left (c) neighbours: ``min(a, b)`` if ``c >= max(a, b)``,
+    ``max(a, b)`` if ``c <= min(a, b)``, else ``a + b - c``; along the top row by the left
+    pixel, down the left column by the upper one, the first pixel by 0. The residual
+    ``(pixel - prediction) mod 256``, read as a signed byte r, is stored zigzagged
+    (``2r`` for r >= 0, ``-2r - 1`` below) so that small errors of either sign are small bytes.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"med_encode takes uint8 N x H x W images, got {images.dtype} {images.shape}")
+    out = np.empty(images.shape, dtype=np.uint8)
+    if images.size == 0:
+        return out
+    for start in range(0, len(images), 4096):  # in chunks: bounded int16 temporaries
+        x = images[start:start + 4096].astype(np.int16)
+        pred = np.zeros_like(x)
+        pred[:, 0, 1:] = x[:, 0, :-1]
+        pred[:, 1:, 0] = x[:, :-1, 0]
+        a, b, c = x[:, 1:, :-1], x[:, :-1, 1:], x[:, :-1, :-1]
+        # the median edge detector is a + b - c clipped to [min(a, b), max(a, b)]
+        pred[:, 1:, 1:] = np.clip(a + b - c, np.minimum(a, b), np.maximum(a, b))
+        r = ((x - pred) & 255).astype(np.uint8).view(np.int8).astype(np.int16)
+        out[start:start + 4096] = np.where(r >= 0, 2 * r, -2 * r - 1)
+    return out
+
+
+def med_decode(residuals: np.ndarray) -> np.ndarray:
+    """Inverse of `med_encode`: uint8 N x H x W residuals to the images.
+
+    Vectorised over the images: a loop over the pixel positions, each step on all N images.
+    """
+    residuals = np.asarray(residuals)
+    if residuals.dtype != np.uint8 or residuals.ndim != 3:
+        raise ValueError(
+            f"med1 residuals must be uint8 N x H x W, got {residuals.dtype} {residuals.shape}"
+        )
+    n, h, w = residuals.shape
+    # un-zigzag to (pixel - prediction) mod 256, laid out H x W x N: each pixel position
+    # of all the images is one contiguous vector
+    z = np.ascontiguousarray(residuals.transpose(1, 2, 0))
+    r = np.where(z & 1, 255 - (z >> 1), z >> 1).astype(np.uint8, copy=False)
+    del z
+    out = np.empty((h, w, n), dtype=np.uint8)
+    if h and w:
+        # the top row and the left column are running sums (mod 256) of their residuals
+        np.cumsum(r[0], axis=0, dtype=np.uint8, out=out[0])
+        np.cumsum(r[:, 0], axis=0, dtype=np.uint8, out=out[:, 0])
+    lo, hi, p = (np.empty(n, dtype=np.int16) for _ in range(3))
+    for y in range(1, h):
+        up = out[y - 1].astype(np.int16)  # W x N
+        grad = up[1:] - up[:-1]  # b - c at each x >= 1
+        ry = r[y].astype(np.int16)
+        a = out[y, 0].astype(np.int16)
+        for x in range(1, w):
+            b = up[x]
+            np.minimum(a, b, out=lo)
+            np.maximum(a, b, out=hi)
+            np.add(a, grad[x - 1], out=p)
+            np.clip(p, lo, hi, out=p)
+            p += ry[x]
+            p &= 255
+            a, p = p, a  # p (this pixel) becomes the next left; reuse a's buffer
+            out[y, x] = a
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -3,12 +3,16 @@
 ``fer2013new.csv`` has one row per FER2013 row, in the same order, with the columns
 ``Usage, Image name, neutral, happiness, surprise, sadness, anger, disgust, fear, contempt,
 unknown, NF``. It is joined to the images by ROW INDEX: a few image names repeat and the
-non-face rows have none.
+non-face rows have none. It may be gzip/xz/bz2-compressed (``fer2013new.csv.gz``).
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +23,19 @@ FERPLUS_CLASSES: tuple[str, ...] = (
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
 )
 VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
+#: How a compressed votes file may end (``fer2013new.csv.gz``), with its opener.
+VOTES_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
 
 def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The N x 10 vote counts and the N Usage strings of ``fer2013new.csv``."""
+    """The N x 10 vote counts and the N Usage strings of ``fer2013new.csv`` (or .gz/.xz/.bz2)."""
     path = Path(path)
+    opener = VOTES_OPENERS.get(path.suffix.lower(), open)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except OSError as exc:
+        with opener(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read FER+ votes ({exc})") from None
     if not rows:
         raise DataError(f"{path}: empty file, expected the FER+ header")
