@@ -4,11 +4,12 @@
 #   scripts/gpu_train.sh PACK OUT MINUTES RECIPE [RECIPE ...]
 #
 # PACK: a file from `ferkit data pack DATA --splits Training,PublicTest` (the test split
-# never travels; a FER+ recipe finds fer2013new.csv beside the pack). Each recipe trains in
-# its own process with --max-minutes MINUTES and a schedule fitted to that time; runs share
-# the GPU (small models leave most of it idle). For each recipe OUT gets RECIPE.tar.gz (best
-# weights in fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the
-# training-speed benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides.
+# never travels; a FER+ recipe finds fer2013new.csv, or fer2013new.csv.gz, beside the pack).
+# Each recipe trains in its own process with --max-minutes MINUTES and a schedule fitted to
+# that time; runs share the GPU (at small batches one run is bound by launching kernels and
+# leaves most of the GPU idle). For each recipe OUT gets RECIPE.tar.gz (best weights in
+# fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the training-speed
+# benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides.
 set -u
 PACK=$1; OUT=$2; MINUTES=$3; shift 3
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
