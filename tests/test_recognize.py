@@ -15,6 +15,7 @@ from PIL import Image
 
 from ferkit import samples
 from ferkit.augment import normalize
+from ferkit.data.ferplus import FERPLUS_CLASSES
 from ferkit.faces import Detection, FaceDetector, crop_face, faces_to_tensor, get_detector
 from ferkit.models import create_model
 from ferkit.predict_cli import add_parsers
@@ -319,6 +320,40 @@ def test_shipped_default_weights():
     rec = Recognizer(device="cpu")
     faces = rec.predict(samples.path("astronaut"))
     assert len(faces) == 1 and faces[0].label == "happy"
+
+
+@pytest.mark.skipif(
+    "mba_cnn-ferplus" not in available_weights(), reason="no shipped FER+ weights"
+)
+def test_shipped_ferplus_weights_know_contempt():
+    _, meta = load_model("mba_cnn-ferplus")
+    assert tuple(meta["class_names"]) == FERPLUS_CLASSES
+    rec = Recognizer(model="mba_cnn-ferplus", device="cpu")
+    faces = rec.predict(samples.path("astronaut"))
+    assert len(faces) == 1 and faces[0].label == "happiness"
+    assert list(faces[0].scores) == list(FERPLUS_CLASSES)
+    assert sum(faces[0].scores.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in available_weights() if n.startswith("mba_cnn")])
+def test_shipped_weights_carry_their_test_numbers_and_no_machine_paths(name):
+    _, meta = load_model(name)
+    for tta in ("none", "flip", "ten-crop"):
+        metrics = meta["test_metrics"][tta]
+        assert metrics["split"] == "PrivateTest" and metrics["num_samples"] > 3000
+        assert 0.0 < metrics["accuracy"] <= 1.0
+
+    def strings(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                yield from strings(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from strings(v)
+        elif isinstance(obj, str):
+            yield obj
+
+    assert not [s for s in strings(meta) if s.startswith(("/", "~"))]
 
 
 # ---- the predict command ----
