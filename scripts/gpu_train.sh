@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train several recipes at once on one GPU inside a time box, then package what comes back.
 #
-#   scripts/gpu_train.sh PACK OUT MINUTES RECIPE [RECIPE ...]
+#   scripts/gpu_train.sh PACK OUT MINUTES RECIPE[@SEED] [RECIPE[@SEED] ...]
 #
 # PACK: a file from `ferkit data pack DATA --splits Training,PublicTest` (the test split
 # never travels; a FER+ recipe finds fer2013new.csv, or fer2013new.csv.gz, beside the pack).
@@ -9,7 +9,11 @@
 # that time; runs share the GPU (at small batches one run is bound by launching kernels and
 # leaves most of the GPU idle). For each recipe OUT gets RECIPE.tar.gz (best weights in
 # fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the training-speed
-# benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides.
+# benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides. RECIPE@SEED trains
+# the recipe with that seed as run RECIPE-sSEED (e.g. paper@1 paper@2 for the seeds table).
+# A device call returns at most 8 files of at most 16 MiB, 64 MiB in all: an archive over
+# 15 MiB is split into NAME.tar.gz.partNN (join with cat), and the script warns when OUT
+# holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
 set -u
 PACK=$1; OUT=$2; MINUTES=$3; shift 3
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -26,15 +30,19 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu_util.csv" 2>&1 &
   smi=$!
 fi
-for recipe in "$@"; do
-  python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$recipe" \
-    --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
-    > "$OUT/$recipe.log" 2>&1 &
+names=()
+for spec in "$@"; do
+  recipe=${spec%@*}; name=$recipe; seed=()
+  if [ "$spec" != "$recipe" ]; then name="$recipe-s${spec#*@}"; seed=(seed="${spec#*@}"); fi
+  names+=("$name")
+  python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$name" \
+    --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" "${seed[@]}" ${EXTRA:-} \
+    > "$OUT/$name.log" 2>&1 &
 done
 wait $(jobs -p | grep -v "^${smi:-none}$")
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 status=0
-for recipe in "$@"; do
+for recipe in "${names[@]}"; do
   run="$OUT/runs/$recipe"
   mkdir -p "$run"
   mv "$OUT/$recipe.log" "$run/train.log"
@@ -55,5 +63,15 @@ PY
   files=$(cd "$run" && ls best-fp16.safetensors best-fp16.json last.json metrics.jsonl summary.json recipe.json train.log 2>/dev/null)
   tar -czf "$OUT/$recipe.tar.gz" -C "$run" $files
 done
+for recipe in "${names[@]}"; do
+  archive="$OUT/$recipe.tar.gz"
+  if [ "$(stat -c %s "$archive")" -gt $((15 * 1024 * 1024)) ]; then
+    split -b 15M -d "$archive" "$archive.part" && rm -f "$archive"
+  fi
+done
 [ "${KEEP_RUNS:-0}" = 1 ] || rm -rf "$OUT/runs"
+count=$(find "$OUT" -type f | wc -l); bytes=$(du -sb "$OUT" | cut -f1)
+if [ "$count" -gt 8 ] || [ "$bytes" -gt $((64 * 1024 * 1024)) ]; then
+  echo "WARNING: OUT holds $count files, $bytes bytes: more than a device call brings back"
+fi
 exit $status

@@ -405,7 +405,8 @@ def test_gpu_script_dry_run(pack, tmp_path):
         "FERKIT_CACHE": os.environ["FERKIT_CACHE"],
     }
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_train.sh"), str(pack), str(out), "0.05", "cpu"],
+        ["bash", str(REPO / "scripts" / "gpu_train.sh"), str(pack), str(out), "0.05", "cpu",
+         "cpu@3"],
         cwd=work,
         env=env,
         capture_output=True,
@@ -439,7 +440,14 @@ def test_gpu_script_dry_run(pack, tmp_path):
     assert meta["model"] == "resnet18" and meta["model_options"] == {"depths": [1], "widths": [8]}
     assert meta["recipe"]["time_budget_minutes"] == 0.05
     assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 7) and len(read_rows(unpacked)) == 1
-    assert not (out / "runs").exists()  # removed unless KEEP_RUNS=1
+    assert meta["recipe"]["seed"] == 0
+    # RECIPE@SEED: the same recipe with another seed, as its own run
+    assert re.search(r"^RESULT cpu-s3 best_val_acc=[\d.]+ epochs=1/1 ", proc.stdout, re.M)
+    with tarfile.open(out / "cpu-s3.tar.gz") as tar:
+        tar.extractall(tmp_path / "seed3", filter="data")
+    assert load_checkpoint(tmp_path / "seed3" / "best-fp16")[1]["recipe"]["seed"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["cpu-s3.tar.gz", "cpu.tar.gz"]
+    assert "WARNING" not in proc.stdout
 
 
 # ---- evaluation of the trained checkpoint ----
