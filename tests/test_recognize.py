@@ -395,6 +395,21 @@ def test_cli_json_reports_a_bad_file_and_goes_on(checkpoint, photo_dir, tmp_path
     assert "bad.jpg" in err
 
 
+def test_cli_onnx_backend_gives_the_torch_scores(checkpoint, photo_dir, ferkit_cache, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    photo = str(photo_dir / "a.jpg")
+    outputs = []
+    for backend in ("torch", "onnx"):
+        assert run_cli(checkpoint, photo, "--json", "--backend", backend) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    (torch_face,), (onnx_face,) = (o["faces"] for o in outputs)
+    assert onnx_face["box"] == torch_face["box"] and onnx_face["label"] == torch_face["label"]
+    for name, p in torch_face["scores"].items():
+        assert onnx_face["scores"][name] == pytest.approx(p, abs=1e-4)
+    assert list((ferkit_cache / "onnx").glob("*.onnx"))  # exported once, into the cache
+
+
 def test_cli_folder_recursion_table_and_annotate(checkpoint, photo_dir, tmp_path, capsys):
     out_dir = tmp_path / "annotated"
     code = run_cli(checkpoint, str(photo_dir), "--annotate", str(out_dir))

@@ -62,8 +62,9 @@ def expand_inputs(args: list[str]) -> list[Input]:
     return out
 
 
-def add_recognizer_arguments(parser) -> None:
-    """``--model``, ``--detector`` and ``--device``: what every recognising command takes."""
+def add_recognizer_arguments(parser, backend: bool = False) -> None:
+    """``--model``, ``--detector`` and ``--device``: what every recognising command takes;
+    with ``backend``, also ``--backend torch|onnx`` (see `recognizer_from_args`)."""
     parser.add_argument(
         "--model",
         default=None,
@@ -73,6 +74,27 @@ def add_recognizer_arguments(parser) -> None:
         "--detector", default="blazeface", help="face detector: blazeface (default) or haar"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    if backend:
+        parser.add_argument(
+            "--backend",
+            choices=("torch", "onnx"),
+            default="torch",
+            help="classifier runtime: torch (default) or onnx (onnxruntime on the CPU, faster "
+            "there; needs ferkit[export]; the model is exported once into ferkit's cache)",
+        )
+
+
+def recognizer_from_args(args: argparse.Namespace):
+    """The `Recognizer` that `add_recognizer_arguments`'s options describe."""
+    from .recognize import Recognizer
+
+    backend = getattr(args, "backend", "torch")
+    try:
+        return Recognizer(
+            model=args.model, detector=args.detector, device=args.device, backend=backend
+        )
+    except ImportError as exc:  # onnxruntime missing: a message, not a traceback
+        raise ValueError(str(exc)) from None
 
 
 def add_parsers(subparsers) -> None:
@@ -103,7 +125,7 @@ def add_parsers(subparsers) -> None:
         default=None,
         help="write a copy of each image with boxes and labels into OUT_DIR",
     )
-    add_recognizer_arguments(p)
+    add_recognizer_arguments(p, backend=True)
     p.set_defaults(func=run_predict)
 
 
@@ -204,7 +226,7 @@ def _annotated_path(out_dir: Path, relative: Path, used: set[Path]) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .recognize import ImageError, Recognizer, draw_faces, load_image
+    from .recognize import ImageError, draw_faces, load_image
 
     paths = list(args.paths)
     if args.sample:
@@ -214,7 +236,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError("no input: give image paths, folders or globs, or --sample")
     inputs = expand_inputs(paths)
-    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    recognizer = recognizer_from_args(args)
     bar = None
     if len(inputs) >= _PROGRESS_MIN_FILES and sys.stderr.isatty():
         from tqdm import tqdm

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .faces import _import_cv2
-from .predict_cli import add_recognizer_arguments
+from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import _PALETTE, Face, Recognizer
 
 #: Frames per second written when a video does not say its own.
@@ -388,7 +388,7 @@ def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
         help="exponential smoothing of each face's scores over time, alpha in [0, 1): "
         f"0 = none, 0.8 = heavy (default: {smooth_default:g})",
     )
-    add_recognizer_arguments(p)
+    add_recognizer_arguments(p, backend=True)
 
 
 def add_parsers(subparsers) -> None:
@@ -497,7 +497,7 @@ def run_video(args: argparse.Namespace) -> int:
         _codec_for(Path(args.out))
     if args.csv and args.csv != "-" and _same_file(args.csv, args.input):
         raise ValueError(f"{args.csv}: --csv would overwrite the input video")
-    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    recognizer = recognizer_from_args(args)
     names = recognizer.class_names
     writer = None
 
@@ -602,7 +602,7 @@ def run_webcam(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    recognizer = recognizer_from_args(args)
     cv2 = _import_cv2()
     window = "ferkit webcam (q to quit)"
 
