@@ -506,8 +506,25 @@ def test_model_name_defaults_to_the_checkpoint_name(checkpoint):
         assert c.get("/v1/health").json()["model"] == "random"
 
 
+def test_onnx_backend_serves_the_torch_scores(checkpoint, ferkit_cache, photo):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    answers = []
+    for backend in ("torch", "onnx"):
+        settings = Settings(model=str(checkpoint), device="cpu", backend=backend, workers=2)
+        with TestClient(create_app(settings=settings)) as c:
+            r = c.post("/v1/predict", files={"file": ("astronaut.jpg", photo, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["faces"])
+    (torch_face,), (onnx_face,) = answers
+    assert onnx_face["box"] == torch_face["box"] and onnx_face["label"] == torch_face["label"]
+    for name, p in torch_face["scores"].items():
+        assert onnx_face["scores"][name] == pytest.approx(p, abs=1e-4)
+
+
 def test_settings_are_validated():
-    for bad in ({"workers": 0}, {"queue": -1}, {"max_upload_bytes": 0}, {"max_pixels": 0}):
+    for bad in ({"workers": 0}, {"queue": -1}, {"max_upload_bytes": 0}, {"max_pixels": 0},
+                {"backend": "tensorrt"}):
         with pytest.raises(ValueError):
             Settings(**bad)
 

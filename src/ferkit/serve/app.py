@@ -82,8 +82,9 @@ RAW_TYPES = ACCEPTED_IMAGE_TYPES | {"application/octet-stream"}
 class Settings:
     """Limits and start-up options of the service (``ferkit serve`` flags of the same names).
 
-    ``model`` / ``detector`` / ``device`` build the `Recognizer` when `create_app` is given
-    none. ``workers``: inference threads; ``queue``: requests that may wait for a worker
+    ``model`` / ``detector`` / ``device`` / ``backend`` build the `Recognizer` when
+    `create_app` is given none (``backend="onnx"``: onnxruntime, whose session the
+    workers share; it is thread-safe). ``workers``: inference threads; ``queue``: requests that may wait for a worker
     (more are refused with 503). ``cors_origins``: origins allowed to call the API from
     other pages (none: CORS off). ``model_name``: the name reported in answers (default:
     the weights name or the checkpoint's file name).
@@ -92,6 +93,7 @@ class Settings:
     model: str | None = None
     detector: str = "blazeface"
     device: str = "auto"
+    backend: str = "torch"
     workers: int = 1
     queue: int = DEFAULT_QUEUE
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * MB)
@@ -103,6 +105,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', not {self.backend!r}")
         if self.queue < 0:
             raise ValueError(f"queue must be 0 or more, not {self.queue}")
         if self.max_upload_bytes < 1:
@@ -533,7 +537,10 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
     settings = settings or Settings()
     if recognizer is None:
         recognizer = Recognizer(
-            model=settings.model, detector=settings.detector, device=settings.device
+            model=settings.model,
+            detector=settings.detector,
+            device=settings.device,
+            backend=settings.backend,
         )
     meta = dict(getattr(recognizer, "meta", {}) or {})
     name = _model_name(settings, meta)

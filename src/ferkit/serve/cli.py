@@ -80,7 +80,7 @@ def add_parsers(subparsers) -> None:
         default=DEFAULT_QUEUE,
         help=f"requests that may wait for a free worker; more get 503 (default: {DEFAULT_QUEUE})",
     )
-    add_recognizer_arguments(p)
+    add_recognizer_arguments(p, backend=True)
     p.add_argument(
         "--max-upload-mb",
         type=_positive_float,
@@ -148,6 +148,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model=args.model,
         detector=args.detector,
         device=args.device,
+        backend=args.backend,
         workers=args.workers,
         queue=args.queue,
         max_upload_bytes=int(args.max_upload_mb * MB),
@@ -155,7 +156,11 @@ def run_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origins),
     )
     _share_cpu_threads(args.workers)
-    app = create_app(settings=settings)  # loads the model now, before listening
+    try:
+        app = create_app(settings=settings)  # loads the model now, before listening
+    except ImportError as exc:  # e.g. --backend onnx without onnxruntime
+        print(f"ferkit: error: {exc}", file=sys.stderr)
+        return 2
     if not _is_loopback(args.host):
         print(
             f"ferkit: warning: listening on {args.host}: anyone who can reach this machine can "
