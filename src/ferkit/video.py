@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .argtypes import number, whole_number
 from .faces import _import_cv2
 from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import _PALETTE, Face, Recognizer
@@ -351,30 +352,10 @@ def draw_tracked(
 # ---- the commands ----
 
 
-def _every(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _alpha(text: str) -> float:
-    try:
-        a = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= a < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {a}")
-    return a
-
-
 def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
     p.add_argument(
         "--every",
-        type=_every,
+        type=whole_number(1),
         default=1,
         metavar="N",
         help="recognise faces on every Nth frame only; the frames between keep the last "
@@ -382,7 +363,7 @@ def _common_options(p: argparse.ArgumentParser, smooth_default: float) -> None:
     )
     p.add_argument(
         "--smooth",
-        type=_alpha,
+        type=number(0.0, 1.0, open_high=True),
         default=smooth_default,
         metavar="ALPHA",
         help="exponential smoothing of each face's scores over time, alpha in [0, 1): "

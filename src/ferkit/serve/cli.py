@@ -7,6 +7,7 @@ import ipaddress
 import os
 import sys
 
+from ..argtypes import number, whole_number
 from ..predict_cli import add_recognizer_arguments
 from . import (
     DEFAULT_HOST,
@@ -15,36 +16,6 @@ from . import (
     DEFAULT_PORT,
     DEFAULT_QUEUE,
 )
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _int_at_least(0)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
-    return value
 
 
 def add_parsers(subparsers) -> None:
@@ -65,31 +36,34 @@ def add_parsers(subparsers) -> None:
         "exposes the service, which has no authentication, to the network)",
     )
     p.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})"
+        "--port",
+        type=whole_number(0, 65535),
+        default=DEFAULT_PORT,
+        help=f"TCP port (default: {DEFAULT_PORT})",
     )
     p.add_argument(
         "--workers",
-        type=_int_at_least(1),
+        type=whole_number(1),
         default=1,
         help="inference threads sharing the one loaded model (default: 1); PyTorch's CPU "
         "threads are divided between them",
     )
     p.add_argument(
         "--queue",
-        type=_int_at_least(0),
+        type=whole_number(0),
         default=DEFAULT_QUEUE,
         help=f"requests that may wait for a free worker; more get 503 (default: {DEFAULT_QUEUE})",
     )
     add_recognizer_arguments(p, backend=True)
     p.add_argument(
         "--max-upload-mb",
-        type=_positive_float,
+        type=number(0.0, open_low=True),
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest accepted upload in MB (2**20 bytes); larger gets 413 (default: {DEFAULT_MAX_UPLOAD_MB:g})",
     )
     p.add_argument(
         "--max-pixels",
-        type=_int_at_least(1),
+        type=whole_number(1),
         default=DEFAULT_MAX_PIXELS,
         help="largest accepted image in pixels (width x height, read from the header before "
         f"decoding); larger gets 413 (default: {DEFAULT_MAX_PIXELS:,})",
