@@ -84,8 +84,8 @@ class Settings:
 
     ``model`` / ``detector`` / ``device`` / ``backend`` build the `Recognizer` when
     `create_app` is given none (``backend="onnx"``: onnxruntime, whose session the
-    workers share; it is thread-safe). ``workers``: inference threads; ``queue``: requests that may wait for a worker
-    (more are refused with 503). ``cors_origins``: origins allowed to call the API from
+    workers share; it is thread-safe). ``workers``: inference threads; ``queue``: requests
+    that may wait for a worker (more are refused with 503). ``cors_origins``: origins allowed to call the API from
     other pages (none: CORS off). ``model_name``: the name reported in answers (default:
     the weights name or the checkpoint's file name).
     """
