@@ -1,10 +1,10 @@
 """Face detector accuracy and speed on real faces: FER2013 faces pasted on a face-free scene.
 
-For each detector (BlazeFace with its default options, BlazeFace with ``tiles=2``, and the
-Haar cascade) and each ``--sizes`` side, a seeded random sample of ``--samples`` images of
-``--split`` is upscaled (bicubic, OpenCV) from 48 x 48 to side x side, made 3-channel RGB
-(gray repeated) and pasted at a seeded random position of a 640 x 480 background, one face
-per image. Constant images are left out of the sample, and with ``--ferplus`` so are the rows
+For each detector (BlazeFace with its default options, BlazeFace with ``tiles=2``, the
+Haar cascade, and ``blazeface+haar``: Haar only where BlazeFace finds nothing) and each
+``--sizes`` side, a seeded random sample of ``--samples`` images of ``--split`` is upscaled
+(bicubic, OpenCV) from 48 x 48 to side x side, made 3-channel RGB (gray repeated) and
+pasted at a seeded random position of a 640 x 480 background, one face per image. Constant images are left out of the sample, and with ``--ferplus`` so are the rows
 whose FER+ votes are more than half "not a face" (NF).
 
 FER2013 crops are tight (the face fills the 48 x 48 square, little hair or neck), so a
@@ -160,6 +160,7 @@ def main() -> None:
         "blazeface": get_detector("blazeface", threads=args.threads),
         "blazeface tiles=2": get_detector("blazeface", tiles=2, threads=args.threads),
         "haar": get_detector("haar", threads=args.threads),
+        "blazeface+haar": get_detector("blazeface+haar", threads=args.threads),
     }
     print(f"# Face detectors on FER2013 {args.split} faces pasted on 640 x 480 backgrounds")
     dropped = f" and {int(split[nf].sum())} FER+ non-face" if args.ferplus else ""

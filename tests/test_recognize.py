@@ -16,7 +16,15 @@ from PIL import Image
 from ferkit import samples
 from ferkit.augment import normalize
 from ferkit.data.ferplus import FERPLUS_CLASSES
-from ferkit.faces import Detection, FaceDetector, crop_face, faces_to_tensor, get_detector
+from ferkit.faces import (
+    Detection,
+    FaceDetector,
+    FallbackDetector,
+    crop_face,
+    faces_to_tensor,
+    get_detector,
+    square_region,
+)
 from ferkit.models import create_model
 from ferkit.predict_cli import add_parsers
 from ferkit.recognize import Face, ImageError, Recognizer, load_image
@@ -126,6 +134,45 @@ def test_haar_maps_boxes_back_from_its_downscaled_search(astronaut):
     found = get_detector("haar", max_side=512).detect(big)
     ref = get_detector("haar").detect(astronaut)[0].box
     assert any(iou(d.box, [3 * v for v in ref]) > 0.7 for d in found)
+
+
+class _Boxes(FaceDetector):
+    """A fake detector: fixed boxes, and how often it was asked."""
+
+    def __init__(self, boxes, margin=0.2):
+        self.boxes, self.crop_margin, self.calls = boxes, margin, 0
+
+    def detect(self, image):
+        self.calls += 1
+        return [Detection(tuple(b), 1.0) for b in self.boxes]
+
+
+def test_fallback_detector_asks_the_fallback_only_when_the_primary_finds_nothing():
+    image = np.zeros((100, 200), np.uint8)
+    primary, fallback = _Boxes([(10, 10, 30, 30)], margin=0.06), _Boxes([(100, 40, 40, 20)])
+    both = FallbackDetector(primary, fallback)
+    assert [d.box for d in both.detect(image)] == [(10, 10, 30, 30)] and fallback.calls == 0
+    primary.boxes = []
+    (found,) = both.detect(image)
+    assert fallback.calls == 1
+    # rescaled about its centre (120, 50) by 1.2 / 1.06, so that the primary's margin gives
+    # the crop the fallback's margin would have given
+    cx, cy, side = square_region(found.box, both.crop_margin)
+    assert (cx, cy) == pytest.approx((120, 50), abs=0.5)
+    assert side == pytest.approx(40 * 1.2, abs=1.1)
+    fallback.boxes = [(180, 0, 40, 40)]  # grown past the image: clipped to it
+    (found,) = both.detect(image)
+    assert found.box[0] + found.box[2] <= 200 and found.box[1] == 0
+    twin = both.clone()
+    assert twin.primary is not primary and twin.crop_margin == 0.06
+
+
+def test_blazeface_backed_by_haar_is_registered(astronaut):
+    detector = get_detector("blazeface+haar")
+    assert detector.name == "blazeface+haar" and detector.crop_margin == pytest.approx(0.06)
+    assert [d.box for d in detector.detect(astronaut)] == [
+        d.box for d in get_detector("blazeface").detect(astronaut)
+    ]
 
 
 def test_unknown_detector_lists_the_available_ones():

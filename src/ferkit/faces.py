@@ -198,6 +198,49 @@ def _blazeface(**options) -> FaceDetector:
 register_detector("blazeface", _blazeface)
 
 
+class FallbackDetector(FaceDetector):
+    """``primary``'s faces; where it finds none in an image, ``fallback``'s.
+
+    For images where the primary detector misses faces the fallback finds, e.g. BlazeFace
+    (few false positives, but it misses low-resolution, tightly cropped faces) backed by the
+    Haar cascade (finds more of those, with more false positives). The fallback's boxes are
+    rescaled about their centres so that the primary's ``crop_margin`` gives the crop the
+    fallback's own margin would: one margin serves both.
+    """
+
+    def __init__(self, primary: FaceDetector, fallback: FaceDetector) -> None:
+        self.primary, self.fallback = primary, fallback
+        self.name = f"{primary.name}+{fallback.name}"
+        self.crop_margin = primary.crop_margin
+
+    def clone(self) -> FallbackDetector:
+        return FallbackDetector(self.primary.clone(), self.fallback.clone())
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        found = self.primary.detect(image)
+        if found:
+            return found
+        h, w = image.shape[:2]
+        grow = (1 + self.fallback.crop_margin) / (1 + self.primary.crop_margin)
+        out = []
+        for d in self.fallback.detect(image):
+            x, y, bw, bh = d.box
+            cx, cy = x + bw / 2, y + bh / 2
+            x0, y0 = max(0, round(cx - grow * bw / 2)), max(0, round(cy - grow * bh / 2))
+            x1, y1 = min(w, round(cx + grow * bw / 2)), min(h, round(cy + grow * bh / 2))
+            if x1 > x0 and y1 > y0:
+                out.append(Detection((x0, y0, x1 - x0, y1 - y0), d.score, d.landmarks))
+        return out
+
+
+register_detector(
+    "blazeface+haar",
+    lambda threads=1, **options: FallbackDetector(
+        _blazeface(threads=threads, **options), HaarDetector(threads=threads)
+    ),
+)
+
+
 def square_region(
     box: Sequence[float], margin: float = DEFAULT_MARGIN
 ) -> tuple[float, float, float]:

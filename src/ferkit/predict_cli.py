@@ -71,7 +71,10 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
         help="shipped weights name or checkpoint path (default: mba_cnn-fer2013)",
     )
     parser.add_argument(
-        "--detector", default="blazeface", help="face detector: blazeface (default) or haar"
+        "--detector",
+        default="blazeface",
+        help="face detector: blazeface (default), haar, or blazeface+haar (Haar where "
+        "BlazeFace finds no face: more low-resolution faces, more false positives)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     if backend:
