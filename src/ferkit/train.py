@@ -8,6 +8,7 @@ starved by Python.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -557,7 +558,17 @@ def fit(
     """Train `recipe` on the dataset at `data`, writing checkpoints and logs under `out`."""
     trainer = Trainer(recipe, data, out, device, resume, max_minutes, init_from, progress)
     try:
-        return trainer.run()
-    finally:
+        result = trainer.run()
+    except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if dist.is_initialized():
+        # every rank done with the group (rank 0 with its files too) before any tears it
+        # down, and the DDP wrapper (its reducer holds gloo work and tensors) freed while
+        # the interpreter is alive: either left to exit could abort a rank (SIGABRT)
+        dist.barrier()
+        del trainer
+        gc.collect()
+        dist.destroy_process_group()
+    return result
