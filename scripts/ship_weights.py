@@ -25,12 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def strip_paths(obj):
-    """File names instead of absolute paths: shipped files must not carry a machine's paths."""
+    """File names instead of paths (absolute or relative): shipped files must not carry a
+    machine's paths."""
     if isinstance(obj, dict):
         return {k: strip_paths(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [strip_paths(v) for v in obj]
-    if isinstance(obj, str) and (obj.startswith(("/", "~")) or obj[1:3] == ":\\"):
+    if isinstance(obj, str) and (
+        obj.startswith(("/", "~", "./", "../"))
+        or obj[1:3] == ":\\"
+        or (("/" in obj or "\\" in obj) and Path(obj).exists())
+    ):
         return Path(obj).name
     return obj
 
