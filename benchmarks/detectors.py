@@ -45,11 +45,10 @@ import numpy as np
 import torch
 
 from ferkit.data import DataError, load
-from ferkit.data.ferplus import read_ferplus_votes
+from ferkit.data.ferplus import VOTE_COLUMNS, joined_votes
 from ferkit.faces import get_detector
 
 FRAME_W, FRAME_H = 640, 480
-NF_COLUMN = 9  # "NF" in ferkit.data.ferplus.VOTE_COLUMNS
 
 
 def background(seed: int) -> np.ndarray:
@@ -106,15 +105,8 @@ def timed_detect(detector, image) -> tuple[list, float]:
 
 def nonface_rows(faces, votes_path: str) -> np.ndarray:
     """Positions in ``faces`` of the rows whose FER+ votes are more than half NF."""
-    votes, usage = read_ferplus_votes(votes_path)
-    if faces.index.max(initial=-1) >= len(votes):
-        raise DataError(f"{votes_path}: {len(votes)} rows, fewer than the images'")
-    rows = faces.index
-    known = np.isin(faces.splits, ("Training", "PublicTest", "PrivateTest"))
-    if np.any(usage[rows][known] != faces.splits[known]):
-        raise DataError(f"{votes_path}: Usage disagrees with the images' splits; rows misaligned")
-    v = votes[rows]
-    return np.flatnonzero(v[:, NF_COLUMN] > 0.5 * v.sum(axis=1))
+    v = joined_votes(faces, votes_path)
+    return np.flatnonzero(v[:, VOTE_COLUMNS.index("NF")] > 0.5 * v.sum(axis=1))
 
 
 def main() -> None:

@@ -72,14 +72,9 @@ def majority_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(keep, top, -1), keep
 
 
-def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
-    """FER+ labels for the FER2013 `faces`, joined by their original row index.
-
-    Returns the rows the majority rule keeps, with 8 classes (contempt included),
-    ``labels`` the majority label and ``soft_labels`` the vote distribution over the 8
-    emotions after the outlier (single-vote) removal. (The FER+ reference code's
-    cross-entropy mode further keeps at most the three top emotions; ferkit keeps them all.)
-    """
+def joined_votes(faces: FaceSet, votes_csv: str | Path) -> np.ndarray:
+    """The N x 10 vote counts (`VOTE_COLUMNS`) of each of ``faces``' rows, joined by their
+    original row index, after checking that the file's Usage agrees with their splits."""
     votes, usage = read_ferplus_votes(votes_csv)
     if faces.index.max(initial=-1) >= len(votes):
         raise DataError(
@@ -90,9 +85,21 @@ def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
     known = np.isin(faces.splits, ("Training", "PublicTest", "PrivateTest"))
     if np.any(usage[rows][known] != faces.splits[known]):
         raise DataError(f"{votes_csv}: Usage disagrees with the images' splits; rows misaligned")
-    labels, keep = majority_targets(votes[rows])
+    return votes[rows]
+
+
+def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
+    """FER+ labels for the FER2013 `faces`, joined by their original row index.
+
+    Returns the rows the majority rule keeps, with 8 classes (contempt included),
+    ``labels`` the majority label and ``soft_labels`` the vote distribution over the 8
+    emotions after the outlier (single-vote) removal. (The FER+ reference code's
+    cross-entropy mode further keeps at most the three top emotions; ferkit keeps them all.)
+    """
+    votes = joined_votes(faces, votes_csv)
+    labels, keep = majority_targets(votes)
     # the reference code drops single votes (outliers) before its probability targets too
-    emotion_votes = np.where(votes[rows] <= 1, 0, votes[rows])[:, : len(FERPLUS_CLASSES)]
+    emotion_votes = np.where(votes <= 1, 0, votes)[:, : len(FERPLUS_CLASSES)]
     soft = emotion_votes / np.maximum(emotion_votes.sum(axis=1, keepdims=True), 1)
     out = faces.select(keep)
     out.labels = labels[keep]
