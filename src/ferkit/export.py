@@ -222,25 +222,23 @@ class OnnxClassifier:
     """An exported ONNX classifier run by onnxruntime on the CPU.
 
     ``model``: an ONNX file path or its bytes. ``threads``: onnxruntime's intra-op threads
-    (None: onnxruntime's default, one per physical core). ``spin``: let those threads
-    busy-wait for work between calls (onnxruntime's default). Off by default: in a pipeline
-    that also runs torch or OpenCV (detection, then classification) the spinning threads
-    take the cores from them (measured here: a 512 x 512 photo with BlazeFace took 48.9 ms
-    with spinning, 20.0 ms without, 2 cores). Calling it with a float
+    (None: onnxruntime's default, one per physical core); they do not busy-wait for work
+    between calls (onnxruntime's default): in a pipeline that also runs torch or OpenCV
+    (detection, then classification) spinning threads take the cores from them (a 512 x 512
+    photo with BlazeFace took 48.9 ms with spinning, 20.0 ms without, on 2 cores). Calling
+    it with a float
     N x 1 x 48 x 48 batch (numpy or torch, normalised as ``meta["preprocessing"]`` says)
     gives N x C float32 logits (numpy). ``meta`` holds the file's ferkit metadata and
     ``class_names`` its classes.
     """
 
-    def __init__(
-        self, model: str | os.PathLike | bytes, threads: int | None = None, spin: bool = False
-    ) -> None:
+    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None) -> None:
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
