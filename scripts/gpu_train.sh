@@ -61,10 +61,8 @@ PY
     echo "RESULT $recipe FAILED"; tail -n 5 "$run/train.log"; status=1
   fi
   files=$(cd "$run" && ls best-fp16.safetensors best-fp16.json last.json metrics.jsonl summary.json recipe.json train.log 2>/dev/null)
-  tar -czf "$OUT/$recipe.tar.gz" -C "$run" $files
-done
-for recipe in "${names[@]}"; do
   archive="$OUT/$recipe.tar.gz"
+  tar -czf "$archive" -C "$run" $files
   if [ "$(stat -c %s "$archive")" -gt $((15 * 1024 * 1024)) ]; then
     split -b 15M -d "$archive" "$archive.part" && rm -f "$archive"
   fi
