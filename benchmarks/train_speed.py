@@ -1,7 +1,8 @@
 """Training throughput per model: images/s, ms per step, epoch time and peak memory.
 
-Each step is the real one of `ferkit.train`: index a uint8 batch on the device, augment it
-there, forward and backward under bf16 autocast (CUDA) in channels_last, optimizer step.
+Each step is the real one of `ferkit.train` (`ferkit.step.TrainStep`): index a uint8 batch
+on the device, augment it there, forward and backward under bf16 autocast (CUDA) in
+channels_last, optimizer step; with ``--cuda-graph`` also that step replayed as a CUDA graph.
 With ``--profile`` it also splits a step into augmentation / forward+backward / optimizer
 and prints the profiler's top kernels.
 
@@ -16,8 +17,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ferkit.augment import AugmentConfig, augment_batch
+from ferkit.augment import AugmentConfig
 from ferkit.models import create_model
+from ferkit.recipe import GRAPHING_COMPILE_MODES
+from ferkit.step import WARMUP_STEPS, TrainStep
 
 FER2013_TRAIN = 28709
 
@@ -27,23 +30,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model, opt, data, labels, batch, device, amp, gen, cfg):
-    def step():
-        idx = torch.randint(len(data), (batch,), device=device, generator=gen)
-        x = augment_batch(data[idx], cfg, gen).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+def make_step(model, data, labels, batch, device, amp, gen, cfg, cuda_graph=False):
+    """The trainer's own step (`ferkit.step.TrainStep`) with fused Adam on a GPU."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
 
+    def loss_fn(logits, targets):
+        return F.cross_entropy(logits.float(), targets)
+
+    train_step = TrainStep(model, opt, data, labels, None, cfg, gen, loss_fn, 7, batch,
+                           amp=amp, cuda_graph=cuda_graph)
+
+    def step():
+        train_step(torch.randint(len(data), (batch,), device=device, generator=gen), 1e-3)
+
+    step.train_step = train_step
     return step
 
 
 def time_steps(step, device, seconds: float, min_steps: int = 5) -> tuple[int, float]:
-    for _ in range(3):
+    for _ in range(WARMUP_STEPS + 2):  # a graph is recorded after the warm-up steps
         step()
     sync(device)
     n, t0 = 0, time.perf_counter()
@@ -54,24 +60,21 @@ def time_steps(step, device, seconds: float, min_steps: int = 5) -> tuple[int, f
     return n, time.perf_counter() - t0
 
 
-def split_step(model, opt, data, labels, batch, device, amp, gen, cfg, reps: int = 20) -> dict:
+def split_step(train_step: TrainStep, data, batch, device, gen, reps: int = 20) -> dict:
     """Milliseconds spent in augmentation, forward+backward and optimizer (synchronised)."""
     parts = {"augment": 0.0, "fwd+bwd": 0.0, "optimizer": 0.0}
     for _ in range(reps):
         sync(device)
         t0 = time.perf_counter()
-        idx = torch.randint(len(data), (batch,), device=device, generator=gen)
-        x = augment_batch(data[idx], cfg, gen).contiguous(memory_format=torch.channels_last)
+        x, targets, _ = train_step.batch(
+            torch.randint(len(data), (batch,), device=device, generator=gen))
         sync(device)
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        train_step.opt.zero_grad(set_to_none=True)
+        train_step.forward_backward(x, targets)
         sync(device)
         t2 = time.perf_counter()
-        opt.step()
+        train_step.opt.step()
         sync(device)
         t3 = time.perf_counter()
         parts["augment"] += t1 - t0
@@ -89,6 +92,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time the whole step replayed as one CUDA graph")
     ap.add_argument("--profile", action="store_true", help="step split and top kernels")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -99,27 +104,34 @@ def main() -> None:
     labels = torch.randint(0, 7, (4096,), device=device, generator=gen)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {amp}; channels_last")
+    modes = [(False, False)]
+    if args.compile:
+        modes.append((True, False))
+    if args.cuda_graph:
+        modes.append((False, True))
+        if args.compile and args.compile_mode not in GRAPHING_COMPILE_MODES:
+            modes.append((True, True))
+    compile_name = "compile" if args.compile_mode == "default" else f"compile {args.compile_mode}"
     rows = []
     for model_name in args.models:
         for batch in args.batch_sizes:
-            for compiled in [False, True] if args.compile else [False]:
+            for compiled, graph in modes:
                 model = create_model(model_name).to(device, memory_format=torch.channels_last)
-                fused = {"fused": True} if device.type == "cuda" else {}
-                opt = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
                 run = torch.compile(model, mode=args.compile_mode) if compiled else model
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                step = make_step(run, opt, data, labels, batch, device, amp, gen, cfg)
+                step = make_step(run, data, labels, batch, device, amp, gen, cfg, cuda_graph=graph)
                 n, secs = time_steps(step, device, args.seconds)
                 ips = n * batch / secs
                 mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-                mode = ("compile" if args.compile_mode == "default"
-                        else f"compile {args.compile_mode}") if compiled else "eager"
+                mode = " + ".join([compile_name] * compiled + ["cuda graph"] * graph) or "eager"
+                if graph and step.train_step.graph is None:
+                    mode += " (not recorded: ran eagerly)"
                 rows.append((model_name, batch, mode, ips,
                              1000 * secs / n, FER2013_TRAIN / ips, mem))
                 print(f"{model_name} batch {batch} {rows[-1][2]}: {ips:,.0f} images/s", flush=True)
-                if args.profile and not compiled:
-                    split = split_step(model, opt, data, labels, batch, device, amp, gen, cfg)
+                if args.profile and not compiled and not graph:
+                    split = split_step(step.train_step, data, batch, device, gen)
                     print(f"{model_name} batch {batch} step split (ms, synchronised): "
                           + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
                     if device.type == "cuda":

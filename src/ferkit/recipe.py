@@ -13,6 +13,8 @@ from .augment import AugmentConfig
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: torch.compile modes that replay CUDA graphs themselves
+GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 TEST_SPLIT = "PrivateTest"
 
 
@@ -52,6 +54,9 @@ class Recipe:
     # torch.compile's mode: "reduce-overhead" replays CUDA graphs (small batches are
     # launch-bound on a GPU); "default", "max-autotune", "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
+    # record the whole step (augmentation, forward, backward, optimizer) once as a CUDA
+    # graph and replay it: one launch per step instead of thousands (CUDA, one process)
+    cuda_graph: bool = False
     sync_bn: bool = False
     time_budget_minutes: float | None = None  # fit the schedule's length to this time
     eval_batch_size: int = 1024
@@ -80,6 +85,12 @@ class Recipe:
             raise ValueError(f"optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode {self.compile_mode!r}: use one of {COMPILE_MODES}")
+        if self.cuda_graph and self.compile and self.compile_mode in GRAPHING_COMPILE_MODES:
+            raise ValueError(
+                f"cuda_graph records the whole step as one CUDA graph; compile_mode "
+                f"{self.compile_mode!r} records graphs of its own: use one or the other "
+                "(cuda_graph with compile_mode default or max-autotune-no-cudagraphs)"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: use one of {SCHEDULES}")
         if self.dataset not in ("fer2013", "ferplus"):

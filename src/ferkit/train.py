@@ -1,9 +1,9 @@
 """`fit(recipe)`: one readable training loop with AMP, channels_last, compile, DDP and resume.
 
-The training images live on the training device as one uint8 tensor; every step indexes a
-batch, augments it there and runs the model. Nothing synchronises with the host inside an
-epoch (except mixup/CutMix, which draw their mixing ratio on the host), so a GPU is not
-starved by Python.
+The training images live on the training device as one uint8 tensor; every step (`step.py`)
+indexes a batch, augments it there and runs the model. Nothing synchronises with the host
+inside an epoch (except mixup/CutMix, which draw their mixing ratio on the host), so a GPU
+is not starved by Python; with ``cuda_graph`` a step is one replayed CUDA graph.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .augment import PIXEL_MEAN, PIXEL_STD, augment_batch, mix_batch, normalize
+from .augment import PIXEL_MEAN, PIXEL_STD, normalize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
 from .data.ferplus import VOTES_OPENERS
 from .models import create_model
 from .recipe import Recipe
+from .step import TrainStep
 
 
 @dataclass
@@ -260,6 +261,18 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self._resume()
+        # after resuming: the optimizer's state must be in place before a graph records it
+        self.step = TrainStep(
+            self.train_model, self.opt, self.x_train, self.y_train, self.soft_train,
+            r.augment_config, self.gen, self.loss_fn, num_classes, r.batch_size, amp=self.amp,
+            channels_last=r.channels_last, rank=self.dist.rank, world=self.dist.world,
+            eager_model=self.eager_model, cuda_graph=r.cuda_graph,
+            log=self._note,
+        )
+
+    def _note(self, message: str) -> None:
+        if self.dist.main:
+            print(f"ferkit: {message}", file=sys.stderr, flush=True)
 
     # ---- checkpoints ----
 
@@ -349,23 +362,11 @@ class Trainer:
             label_smoothing=self.recipe.label_smoothing,
         )
 
-    def forward_backward(self, x: torch.Tensor, targets: torch.Tensor):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.train_model(x)
-        loss = self.loss_fn(logits, targets)
-        loss.backward()
-        return loss, logits
-
     def train_epoch(self) -> dict:
         r, d = self.recipe, self.dist
-        cfg = r.augment_config
-        mixing = cfg.mixup > 0 or cfg.cutmix > 0
-        num_classes = len(self.class_names)
-        local = r.batch_size // d.world
         self.train_model.train()
         perm = torch.randperm(len(self.x_train), generator=self.gen, device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
+        self.step.reset_totals()
         steps = range(self.steps_per_epoch)
         if self.progress and d.main:
             from tqdm import tqdm
@@ -374,44 +375,11 @@ class Trainer:
                          leave=False, dynamic_ncols=True)
         t0 = last_note = time.perf_counter()
         for step in steps:
-            # the whole global batch is drawn and augmented on every rank, then each rank
-            # keeps its slice: the data a step sees does not depend on the number of
-            # processes (BatchNorm statistics do, per process, unless sync_bn is on)
-            idx = perm[step * r.batch_size : (step + 1) * r.batch_size]
-            x = augment_batch(self.x_train[idx], cfg, self.gen)
-            labels = self.y_train[idx]
-            if self.soft_train is not None:
-                targets = self.soft_train[idx]
-            elif mixing:
-                targets = F.one_hot(labels, num_classes).float()
-            else:
-                targets = labels
-            if mixing:
-                x, targets = mix_batch(x, targets, cfg, self.gen)
-            sl = slice(d.rank * local, (d.rank + 1) * local)
-            x, targets, labels = x[sl], targets[sl], labels[sl]
-            if r.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             progress = self.global_step / (self.planned_epochs * self.steps_per_epoch)
             lr = lr_at(r, progress, self.global_step / self.steps_per_epoch, self.plateau_scale)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            self.opt.zero_grad(set_to_none=True)
-            try:
-                loss, logits = self.forward_backward(x, targets)
-            except Exception as exc:  # a torch.compile failure must not cost the run
-                if self.train_model is self.eager_model:
-                    raise
-                print(f"ferkit: torch.compile failed ({type(exc).__name__}: {exc}); "
-                      "continuing in eager mode", file=sys.stderr)
-                self.train_model = self.eager_model
-                self.opt.zero_grad(set_to_none=True)
-                loss, logits = self.forward_backward(x, targets)
-            self.opt.step()
+            self.step(perm[step * r.batch_size : (step + 1) * r.batch_size], lr)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == labels).sum()
             self.global_step += 1
             if not self.progress and d.main and time.perf_counter() - last_note > 300:
                 # no progress bar in a log file: a line every five minutes instead
@@ -420,8 +388,8 @@ class Trainer:
                 eta = (self.steps_per_epoch - step - 1) * r.batch_size / rate
                 print(f"epoch {self.epoch + 1}: step {step + 1}/{self.steps_per_epoch}, "
                       f"{rate:.0f} img/s, epoch ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
-        n_local = self.steps_per_epoch * local
-        stats = torch.stack([loss_sum / self.steps_per_epoch, correct / n_local])
+        n_local = self.steps_per_epoch * (r.batch_size // d.world)
+        stats = torch.stack([self.step.loss_sum / self.steps_per_epoch, self.step.correct / n_local])
         if d.world > 1:
             dist.all_reduce(stats)
             stats /= d.world
