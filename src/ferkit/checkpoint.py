@@ -10,13 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .fileio import write_atomically
 from .models import create_model
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def save_checkpoint(
@@ -34,13 +29,12 @@ def save_checkpoint(
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v
-    weights = _file(base, ".safetensors")
-    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt"})
     # JSON first, weights last: a reader that sees new weights also sees their metadata
-    atomic_write_bytes(_file(base, ".json"), json.dumps(metadata, indent=2).encode())
-    tmp.replace(weights)
-    return weights
+    text = json.dumps(metadata, indent=2).encode()
+    write_atomically(_file(base, ".json"), lambda tmp: tmp.write_bytes(text))
+    return write_atomically(
+        _file(base, ".safetensors"), lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

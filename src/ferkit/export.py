@@ -37,6 +37,7 @@ from torch import nn
 
 from .augment import PIXEL_MEAN, PIXEL_STD
 from .faces import FACE_SIZE
+from .fileio import write_atomically
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
@@ -153,17 +154,6 @@ def _decode_metadata(props: dict[str, str]) -> dict:
     return out
 
 
-def _write_atomically(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def export_onnx(
     model_or_checkpoint,
     path: str | os.PathLike,
@@ -178,7 +168,7 @@ def export_onnx(
     """
     model, meta = _resolve(model_or_checkpoint)
     data = _onnx_bytes(model, meta, opset, dynamic_batch)
-    return _write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
+    return write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict:
@@ -203,7 +193,7 @@ def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(traced, str(tmp), _extra_files=extra)
 
-    return _write_atomically(Path(path), save)
+    return write_atomically(Path(path), save)
 
 
 def load_torchscript(
@@ -301,7 +291,7 @@ def onnx_backend(model=None, threads: int | None = None) -> tuple[OnnxClassifier
     if not path.exists():
         data = _onnx_bytes(module, meta, DEFAULT_OPSET, dynamic_batch=True)
         try:
-            _write_atomically(path, lambda tmp: tmp.write_bytes(data))
+            write_atomically(path, lambda tmp: tmp.write_bytes(data))
         except OSError:
             return OnnxClassifier(data, threads), meta
     return OnnxClassifier(path, threads), meta
@@ -361,7 +351,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     )
     _set_onnx_metadata(proto, info)
     data = proto.SerializeToString()
-    return _write_atomically(Path(dst), lambda p: p.write_bytes(data))
+    return write_atomically(Path(dst), lambda p: p.write_bytes(data))
 
 
 def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
@@ -412,7 +402,7 @@ def export_int8(
                 f"{tolerance} allowed); export without --int8 for the fp32 model"
             )
         data_bytes = int8.read_bytes()
-    out = _write_atomically(Path(path), lambda p: p.write_bytes(data_bytes))
+    out = write_atomically(Path(path), lambda p: p.write_bytes(data_bytes))
     return out, acc32, acc8
 
 

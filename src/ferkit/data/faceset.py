@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_atomically
+
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 IMAGE_SIZE = 48
@@ -176,11 +178,8 @@ class FaceSet:
             "id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME,
             "lc": 4, "lp": 0, "pb": 0,
         }]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=filters))
-        tmp.replace(path)
-        return path
+        packed = lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=filters)
+        return write_atomically(path, lambda tmp: tmp.write_bytes(packed))
 
     @classmethod
     def from_pack(cls, path: str | os.PathLike) -> FaceSet:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_atomically
 from .faceset import PACK_MAGIC, DataError, FaceSet
 from .fer2013 import read_fer2013_csv
 
@@ -58,11 +59,8 @@ def _read_cached(path: Path, key: str) -> FaceSet | None:
 def _write_cache(faces: FaceSet, key: str) -> None:
     folder = cache_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.{os.getpid()}.tmp.npz"  # one per process
         arrays = faces.to_arrays()
-        np.savez(tmp, **arrays)
-        tmp.replace(folder / f"{key}.npz")
+        write_atomically(folder / f"{key}.npz", lambda tmp: np.savez(tmp, **arrays))
     except OSError as exc:  # a read-only home must not stop the read
         print(f"ferkit: cache not written to {folder} ({exc})", file=sys.stderr)
 
