@@ -495,6 +495,76 @@ def test_evaluate_matches_a_direct_computation(trained, pack, tmp_path):
         evaluate(out / "best", pack, split="PrivateTest", tta="bogus", device="cpu")
 
 
+# ---- the comparison table over seeds (`ferkit reproduce`) ----
+
+
+def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, monkeypatch,
+                                                               capsys):
+    from ferkit import reproduce as rp
+    from ferkit.cli import main
+    from ferkit.evaluate import evaluate
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=2)
+    out = tmp_path / "table"
+    rp.reproduce([recipe], pack, out, seeds=[0, 1], device="cpu", tta="flip")
+    runs = [out / "tiny-s0", out / "tiny-s1"]
+    scores = [json.loads((run / "privatetest.json").read_text()) for run in runs]
+    direct = evaluate(runs[1] / "best", pack, "PrivateTest", "flip", "cpu", progress=False)
+    assert scores[1]["flip"]["accuracy"] == direct["accuracy"]
+    assert [load_checkpoint(r / "best")[1]["recipe"]["seed"] for r in runs] == [0, 1]
+    (group,) = json.loads((out / "results.json").read_text())
+    single = [s["none"]["accuracy"] for s in scores]
+    assert group["seeds"] == [0, 1] and group["epochs"] == "2 of 2"
+    assert group["test_acc"][0] == pytest.approx(np.mean(single))
+    assert group["test_acc"][1] == pytest.approx(np.std(single, ddof=1))
+    assert group["params"] > 0 and group["gmacs"] > 0
+    table = (out / "results.md").read_text()
+    assert "| tiny | test_tiny_cnn |" in table and "PrivateTest flip TTA" in table
+    assert f"{100 * np.mean(single):.2f}% ± {100 * np.std(single, ddof=1):.2f}" in table
+
+    # again, plus a third seed: only the new run trains and is scored
+    trained, scored = [], []
+    monkeypatch.setattr(rp, "fit", lambda recipe, data, run, **kw: trained.append(run.name)
+                        or fit(recipe, data, run, **kw))
+    monkeypatch.setattr(rp, "evaluate", lambda ckpt, *a, **kw: scored.append(ckpt.parent.name)
+                        or evaluate(ckpt, *a, **kw))
+    rp.reproduce([recipe], pack, out, seeds=[0, 1, 2], device="cpu", tta="flip")
+    assert trained == ["tiny-s2"] and scored == ["tiny-s2", "tiny-s2"]
+
+    # finished runs from elsewhere: scored from their folders; a folder that is no run is
+    # reported and left out
+    (tmp_path / "not-a-run").mkdir()
+    rc = main(["reproduce", "--runs", *map(str, runs), str(tmp_path / "not-a-run"),
+               "--data", str(pack), "--out", str(tmp_path / "again"), "--tta", "flip",
+               "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "skipped" in captured.err and "not-a-run" in captured.err
+    assert "| tiny | test_tiny_cnn |" in captured.out
+    # the same seed twice would count twice: refused, naming the runs
+    with pytest.raises(rp.DataError, match="seed"):
+        rp.table_from_runs([runs[0], runs[0]], pack, tmp_path / "twice", tta="flip",
+                           device="cpu")
+
+
+def test_claims_are_answered_only_as_far_as_the_seeds_allow():
+    from ferkit.reproduce import claim_lines
+
+    def group(name, accs):
+        return {"recipe": name, "test_accs": accs}
+
+    lines = claim_lines([
+        group("paper", [0.70, 0.71, 0.69]),
+        group("mba_cnn_1branch", [0.65, 0.66, 0.64]),  # clearly worse: branches help
+        group("mba_cnn_no_cbam", [0.70, 0.69, 0.72]),  # the same within noise
+        group("mba_cnn_conv", [0.72]),  # one seed
+    ])
+    assert len(lines) == 3  # paper-noaug was not trained: no line
+    branches, cbam, conv = lines
+    assert "three branches" in branches and "+5.00 points" in branches and "; yes." in branches
+    assert "CBAM" in cbam and "within twice its standard error" in cbam
+    assert "Conv2D" in conv and "-2.00 points" in conv and "not decided" in conv
+
+
 # ---- review fixes: recipe types, held-out validation, unlabelled splits, dotted names ----
 
 

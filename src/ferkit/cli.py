@@ -44,10 +44,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .reproduce import reproduce, table_from_runs
 
-    table = reproduce(args.recipes, args.data, args.out, overrides=args.set, device=args.device,
-                      max_minutes=args.max_minutes, ferplus=args.ferplus)
+    if args.runs:
+        table = table_from_runs(args.runs, args.data, args.out, tta=args.tta, device=args.device,
+                                ferplus=args.ferplus)
+    else:
+        table = reproduce(args.recipes, args.data, args.out, overrides=args.set,
+                          device=args.device, max_minutes=args.max_minutes,
+                          ferplus=args.ferplus, seeds=args.seeds, tta=args.tta)
     print(table.read_text(), end="")
     return 0
 
@@ -119,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("reproduce", help="train recipes, score PrivateTest once, write a table")
-    rp.add_argument("--recipes", nargs="+", required=True, help="recipe YAML files")
+    what = rp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipes", nargs="+", help="recipe YAML files to train")
+    what.add_argument("--runs", nargs="+", help="finished run folders to score and tabulate")
+    rp.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="train each recipe once per seed (runs NAME-sSEED)")
+    rp.add_argument("--tta", default="ten-crop", choices=["flip", "ten-crop"],
+                    help="the TTA column (single-crop is always scored)")
     rp.add_argument("--data", required=True, help="the full dataset (PrivateTest is scored)")
     rp.add_argument("--out", required=True)
     rp.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")

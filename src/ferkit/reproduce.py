@@ -1,14 +1,25 @@
-"""`ferkit reproduce`: train several recipes, score each on PrivateTest, write one table."""
+"""`ferkit reproduce`: train recipes (over seeds), score PrivateTest once each, write one table.
+
+A row of the table is a recipe; its numbers are the mean and sample standard deviation over
+the seeds that trained it. Finished runs (from another machine, for instance) are scored
+with `table_from_runs`; each run's PrivateTest scores are kept in the run folder
+(``privatetest.json``), so adding seeds later scores only the new runs.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from .data import DataError
 from .evaluate import evaluate
 from .models import create_model
-from .models.info import count_params
+from .models.info import count_macs, count_params
 from .recipe import Recipe
 from .train import fit
 
@@ -19,6 +30,17 @@ PUBLISHED = {
     "vulpe_cnn": "72.16% (Vulpe-Grigorasi & Grigore 2021, as claimed)",
     "vgg_fer": "73.28% (Khaireddin & Chen 2021, with ten-crop TTA)",
 }
+
+#: The paper's claims as (question, reference recipe, variant recipe): the variant removes
+#: or replaces one thing of the reference.
+CLAIMS = (
+    ("Do the three branches help?", "paper", "mba_cnn_1branch"),
+    ("Does CBAM attention help?", "paper", "mba_cnn_no_cbam"),
+    ("Do depthwise separable convolutions cost accuracy (vs Conv2D)?", "paper", "mba_cnn_conv"),
+    ("Does augmentation help?", "paper", "paper-noaug"),
+)
+
+SCORES_FILE = "privatetest.json"
 
 
 def describe_augment(recipe: Recipe) -> str:
@@ -35,6 +57,171 @@ def describe_augment(recipe: Recipe) -> str:
     return ", ".join(parts) or "none"
 
 
+def run_checkpoint(run: Path) -> Path:
+    """The run's selected weights: ``best``, or the ``best-fp16`` copy a GPU call brings back."""
+    for name in ("best", "best-fp16"):
+        if (run / f"{name}.safetensors").exists():
+            return run / name
+    raise DataError(f"{run}: no best.safetensors or best-fp16.safetensors (not a finished run?)")
+
+
+def score_run(
+    run: str | os.PathLike, data: str | os.PathLike, tta: str = "ten-crop",
+    device: str = "auto", ferplus: str | None = None,
+) -> dict:
+    """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept."""
+    run = Path(run)
+    summary_file = run / "summary.json"
+    if not summary_file.exists():
+        raise DataError(f"{run}: no summary.json (the run did not finish an epoch)")
+    summary = json.loads(summary_file.read_text())
+    checkpoint = run_checkpoint(run)
+    meta = json.loads(checkpoint.with_suffix(".json").read_text())
+    recipe = Recipe.from_dict(meta["recipe"])
+    cache = run / SCORES_FILE
+    scores = json.loads(cache.read_text()) if cache.exists() else {}
+    for mode in dict.fromkeys(("none", tta)):
+        if mode not in scores:
+            report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus)
+            scores[mode] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                            "num_samples": report["num_samples"]}
+            cache.write_text(json.dumps(scores, indent=2))
+    return {
+        "run": str(run),
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "model": recipe.model,
+        "model_options": recipe.model_options,
+        "num_classes": len(meta["class_names"]),
+        "augmentation": describe_augment(recipe),
+        "val_acc": summary["best_val_acc"],
+        "test_acc": scores["none"]["accuracy"],
+        "test_acc_tta": scores[tta]["accuracy"],
+        "tta": tta,
+        "epochs_done": summary["epochs_done"],
+        "epochs_recipe": recipe.epochs,
+        "wall_minutes": summary["wall_seconds"] / 60,
+        "device": summary["device"],
+    }
+
+
+def spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def group_rows(rows: list[dict]) -> list[dict]:
+    """One row per recipe, in first-seen order, with mean and spread over its seeds."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["recipe"], []).append(row)
+    out = []
+    for name, runs in groups.items():
+        seeds = [r["seed"] for r in runs]
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            dup = [r["run"] for r in runs if r["seed"] in twice]
+            raise DataError(f"recipe {name}: seed(s) {twice} appear in more than one run "
+                            f"({', '.join(dup)}): a seed must count once")
+        first = runs[0]
+        model = create_model(first["model"], num_classes=first["num_classes"],
+                             **first["model_options"])
+        epochs = sorted(r["epochs_done"] for r in runs)
+        out.append({
+            "recipe": name,
+            "model": first["model"],
+            "params": count_params(model),
+            "gmacs": count_macs(model) / 1e9,
+            "branches": getattr(model, "branches", "-"),
+            "augmentation": first["augmentation"],
+            "seeds": sorted(seeds),
+            "epochs": (f"{epochs[0]}" if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}")
+            + f" of {first['epochs_recipe']}",
+            "val_acc": spread([r["val_acc"] for r in runs]),
+            "test_acc": spread([r["test_acc"] for r in runs]),
+            "test_acc_tta": spread([r["test_acc_tta"] for r in runs]),
+            "test_accs": [r["test_acc"] for r in runs],
+            "tta": first["tta"],
+            "wall_minutes": statistics.fmean(r["wall_minutes"] for r in runs),
+            "device": ", ".join(sorted({r["device"] for r in runs})),
+            "published": PUBLISHED.get(first["model"], ""),
+        })
+    return out
+
+
+def percent(stat: tuple[float, float | None]) -> str:
+    mean, sd = stat
+    return f"{100 * mean:.2f}%" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+
+
+def claim_lines(groups: list[dict]) -> list[str]:
+    """The paper's claims that the table can answer, in plain words."""
+    by_name = {g["recipe"]: g for g in groups}
+    lines = []
+    for question, ref, variant in CLAIMS:
+        if ref not in by_name or variant not in by_name:
+            continue
+        a, b = by_name[ref]["test_accs"], by_name[variant]["test_accs"]
+        diff = statistics.fmean(a) - statistics.fmean(b)
+        if len(a) > 1 and len(b) > 1:
+            se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+            verdict = ("yes" if diff > 0 else "no: the variant is better") if abs(diff) > 2 * se \
+                else "not shown: the difference is within twice its standard error"
+            detail = f"{100 * diff:+.2f} points ± {100 * se:.2f} (standard error)"
+        else:
+            verdict = "not decided: one seed on a side gives no spread"
+            detail = f"{100 * diff:+.2f} points"
+        lines.append(f"- {question} `{ref}` vs `{variant}`, PrivateTest single-crop: "
+                     f"{detail}; {verdict}.")
+    return lines
+
+
+def write_table(groups: list[dict], out: Path) -> Path:
+    """``results.md`` (table and claims) and ``results.json`` in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    tta = groups[0]["tta"] if groups else "ten-crop"
+    lines = [
+        "| recipe | model | params | GMACs | branches | augmentation | seeds | epochs | "
+        f"PublicTest (select) | PrivateTest single-crop | PrivateTest {tta} TTA | "
+        "train (min/run) | device | published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        lines.append(
+            f"| {g['recipe']} | {g['model']} | {g['params']:,} | {g['gmacs']:.3f} | "
+            f"{g['branches']} | {g['augmentation']} | {len(g['seeds'])} | {g['epochs']} | "
+            f"{percent(g['val_acc'])} | {percent(g['test_acc'])} | {percent(g['test_acc_tta'])} "
+            f"| {g['wall_minutes']:.1f} | {g['device']} | {g['published']} |"
+        )
+    lines += ["", "Mean ± sample standard deviation over the seeds; PrivateTest scored once "
+              "per run, after selection on PublicTest."]
+    claims = claim_lines(groups)
+    if claims:
+        lines += ["", "The paper's claims:", *claims]
+    (out / "results.json").write_text(json.dumps(groups, indent=2))
+    table = out / "results.md"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def table_from_runs(
+    runs: list[str | os.PathLike], data: str | os.PathLike, out: str | os.PathLike,
+    tta: str = "ten-crop", device: str = "auto", ferplus: str | None = None,
+) -> Path:
+    """Score finished run folders (each once) and write their table; a bad run is reported
+    and left out."""
+    rows = []
+    for run in runs:
+        try:
+            rows.append(score_run(run, data, tta, device, ferplus))
+        except (DataError, OSError, KeyError, ValueError) as exc:
+            print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)
+    if not rows:
+        raise DataError("no finished run to tabulate")
+    return write_table(group_rows(rows), Path(out))
+
+
 def reproduce(
     recipes: list[str | os.PathLike],
     data: str | os.PathLike,
@@ -43,47 +230,23 @@ def reproduce(
     device: str = "auto",
     max_minutes: float | None = None,
     ferplus: str | None = None,
+    seeds: Sequence[int] | None = None,
+    tta: str = "ten-crop",
 ) -> Path:
-    """Train each recipe into ``out/<name>``, evaluate PrivateTest once, write ``results.md``."""
+    """Train each recipe (once per seed) into ``out/<name>[-s<seed>]``, score PrivateTest
+    once per run, write ``results.md``. A finished run (with its summary.json) is not trained
+    again; one cut short (a last.state.pt only) resumes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for path in recipes:
-        recipe = Recipe.from_yaml(path, overrides)
-        run = out / recipe.name
-        summary = fit(recipe, data, run, device=device, max_minutes=max_minutes)
-        single = evaluate(run / "best", data, "PrivateTest", "none", device, ferplus=ferplus)
-        tta = evaluate(run / "best", data, "PrivateTest", "ten-crop", device, ferplus=ferplus)
-        model = create_model(recipe.model, num_classes=len(single["per_class"]),
-                             **recipe.model_options)
-        rows.append({
-            "recipe": recipe.name,
-            "model": recipe.model,
-            "params": count_params(model),
-            "branches": getattr(model, "branches", "-"),
-            "augmentation": describe_augment(recipe),
-            "val_acc": summary["best_val_acc"],
-            "test_acc": single["accuracy"],
-            "test_acc_tta": tta["accuracy"],
-            "epochs": f"{summary['epochs_done']}/{recipe.epochs}",
-            "wall_minutes": summary["wall_seconds"] / 60,
-            "device": summary["device"],
-            "published": PUBLISHED.get(recipe.model, ""),
-        })
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
-    lines = [
-        "| recipe | model | params | branches | augmentation | PublicTest (select) | "
-        "PrivateTest single-crop | PrivateTest ten-crop TTA | epochs | wall (min) | device | "
-        "published |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['recipe']} | {r['model']} | {r['params']:,} | {r['branches']} | "
-            f"{r['augmentation']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
-            f"{100 * r['test_acc_tta']:.2f}% | {r['epochs']} | {r['wall_minutes']:.1f} | "
-            f"{r['device']} | {r['published']} |"
-        )
-    table = out / "results.md"
-    table.write_text("\n".join(lines) + "\n")
-    return table
+        for seed in seeds if seeds else [None]:
+            extra = [] if seed is None else [f"seed={seed}"]
+            recipe = Recipe.from_yaml(path, [*(overrides or []), *extra])
+            run = out / (recipe.name if seed is None else f"{recipe.name}-s{seed}")
+            if not (run / "summary.json").exists():  # a run cut short resumes
+                fit(recipe, data, run, device=device, max_minutes=max_minutes,
+                    resume=(run / "last.state.pt").exists())
+            rows.append(score_run(run, data, tta, device, ferplus))
+            write_table(group_rows(rows), out)
+    return out / "results.md"

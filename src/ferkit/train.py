@@ -29,6 +29,7 @@ from .augment import PIXEL_MEAN, PIXEL_STD, normalize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
 from .data.ferplus import VOTES_OPENERS
+from .fileio import write_atomically
 from .models import create_model
 from .recipe import Recipe
 from .step import TrainStep
@@ -323,9 +324,7 @@ class Trainer:
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
-        tmp = self.out / ".last.state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / "last.state.pt")
+        write_atomically(self.out / "last.state.pt", lambda tmp: torch.save(state, tmp))
 
     def _resume(self) -> None:
         file = self.out / "last.state.pt"
