@@ -312,6 +312,14 @@ def test_init_from_reinitialises_only_the_head(trained, env, tmp_path, capsys):
         assert torch.equal(s[k], t[k]), k
     assert t["head.weight"].shape == (3, 64) and s["head.weight"].shape == (7, 64)
     assert not torch.equal(t["head.weight"], s["head.weight"][:3])
+    # the run says where it started from (the file's name only: no folders of this machine)
+    source_meta = load_checkpoint(out / "best")[1]
+    assert "init_from" not in source_meta
+    assert meta["init_from"] == {
+        "checkpoint": "best", "model": TINY, "recipe": "tiny",
+        "code_version": source_meta["code_version"],
+        "reinitialised": ["head.bias", "head.weight"],
+    }
     # and real fine-tuning from there learns the new classes
     summary = fit(
         tiny_recipe(epochs=3),
@@ -493,6 +501,31 @@ def test_evaluate_matches_a_direct_computation(trained, pack, tmp_path):
     assert "PrivateTest" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="TTA"):
         evaluate(out / "best", pack, split="PrivateTest", tta="bogus", device="cpu")
+
+
+def test_code_version_marks_uncommitted_changes(monkeypatch):
+    from ferkit import __version__, train
+
+    def fake_git(status: str):
+        def run(cmd, **kw):
+            if isinstance(status, Exception):
+                raise status
+            out = "abc1234" if "rev-parse" in cmd else status
+            return subprocess.CompletedProcess(cmd, 0, stdout=out + "\n", stderr="")
+
+        return run
+
+    monkeypatch.setattr(train, "checkout_root", lambda: Path("/checkout"))
+    monkeypatch.setattr(train.subprocess, "run", fake_git(""))
+    assert train.code_version() == f"{__version__}+abc1234"
+    monkeypatch.setattr(train.subprocess, "run", fake_git(" M src/ferkit/train.py"))
+    assert train.code_version() == f"{__version__}+abc1234.dirty"
+    monkeypatch.setattr(train.subprocess, "run", fake_git(FileNotFoundError("git")))
+    assert train.code_version() == __version__
+    # an installed copy: no git asked at all
+    monkeypatch.setattr(train, "checkout_root", lambda: None)
+    monkeypatch.setattr(train.subprocess, "run", fake_git(AssertionError("git was asked")))
+    assert train.code_version() == __version__
 
 
 # ---- the comparison table over seeds (`ferkit reproduce`) ----

@@ -69,15 +69,31 @@ def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def checkout_root() -> Path | None:
+    """The git checkout ferkit runs from (``src/ferkit`` in it), or None when installed."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / ".git").exists() else None
+
+
 def code_version() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
+    """The package version, plus the git commit (and ``.dirty`` for uncommitted changes to
+    tracked files) when ferkit runs from its own git checkout (not from an installed copy
+    that happens to sit inside some other repository)."""
+    root = checkout_root()
+    if root is None:
+        return __version__
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=root
         ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = sha and git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+        sha = dirty = ""
+    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
 
 
 def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
@@ -225,8 +241,9 @@ class Trainer:
         self.class_weight = class_weight_tensor(r, train.labels, num_classes, self.device)
 
         self.model = create_model(r.model, num_classes=num_classes, **r.model_options)
+        self.init_source = None
         if init_from:
-            self._init_from(init_from)
+            self.init_source = self._init_from(init_from)
         if r.sync_bn and self.dist.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
@@ -277,7 +294,8 @@ class Trainer:
 
     # ---- checkpoints ----
 
-    def _init_from(self, path: str) -> None:
+    def _init_from(self, path: str) -> dict:
+        """Load the weights that fit; returns what the run's metadata records of the source."""
         source, meta = load_checkpoint(path)
         own = self.model.state_dict()
         state = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
@@ -286,6 +304,10 @@ class Trainer:
         if skipped and self.dist.main:
             print(f"ferkit: --init-from {path}: re-initialised {skipped} (class set "
                   f"{meta['class_names']} -> {list(self.class_names)})", file=sys.stderr)
+        # the file's name, not its path (no machine's folders in shipped metadata)
+        return {"checkpoint": Path(path).name, "model": meta.get("model"),
+                "recipe": meta.get("recipe", {}).get("name"),
+                "code_version": meta.get("code_version"), "reinitialised": skipped}
 
     def metadata(self, metrics: dict) -> dict:
         r = self.recipe
@@ -299,6 +321,7 @@ class Trainer:
             "data": self.data_info,
             "code_version": code_version(),
             "torch": torch.__version__,
+            **({"init_from": self.init_source} if self.init_source else {}),
         }
 
     def _eval_model(self) -> nn.Module:
