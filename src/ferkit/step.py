@@ -189,6 +189,5 @@ class TrainStep:
             for group in self.opt.param_groups:
                 group["capturable"] = False
             self.opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(self.device)
             return
         self.graph = graph
