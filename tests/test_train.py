@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -526,6 +527,30 @@ def test_code_version_marks_uncommitted_changes(monkeypatch):
     monkeypatch.setattr(train, "checkout_root", lambda: None)
     monkeypatch.setattr(train.subprocess, "run", fake_git(AssertionError("git was asked")))
     assert train.code_version() == __version__
+
+
+def test_plot_runs_times_the_first_arrival_at_a_target(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, _ = trained
+    rows = read_rows(out)
+
+    def table(target: float) -> str:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "plot_runs.py"), str(out / "metrics.jsonl"),
+             "--out", str(tmp_path / "curves.png"), "--target", str(target)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    best = max(rows, key=lambda r: r["val_acc"])
+    first = rows[0]
+    text = table(first["val_acc"])  # reached at the first epoch
+    line = next(x for x in text.splitlines() if x.startswith(f"| {out.name} |"))
+    assert f"| {len(rows)} | {100 * best['val_acc']:.2f}% (epoch {best['epoch']}) |" in line
+    assert f"| {first['elapsed_s'] / 60:.1f} min (epoch 1) |" in line
+    assert "not reached" in table(best["val_acc"] + 0.01)
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 # ---- the comparison table over seeds (`ferkit reproduce`) ----

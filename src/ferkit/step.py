@@ -14,6 +14,7 @@ the host, so the recording stays valid.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -179,7 +180,13 @@ class TrainStep:
         for group in self.opt.param_groups:
             group["capturable"] = True
         try:
-            graph.register_generator_state(self.gen)
+            # the augmentation's seeded generator must advance at every replay; newer torch
+            # registers a generator on its first use in a capture and drops this call
+            register = getattr(graph, "register_generator_state", None)
+            if register is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+                    register(self.gen)
             with torch.cuda.graph(graph):
                 self.body(self.static_idx)
         except Exception as exc:  # recording failed: the run goes on eagerly
