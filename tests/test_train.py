@@ -566,7 +566,7 @@ def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, mo
     out = tmp_path / "table"
     rp.reproduce([recipe], pack, out, seeds=[0, 1], device="cpu", tta="flip")
     runs = [out / "tiny-s0", out / "tiny-s1"]
-    scores = [json.loads((run / "privatetest.json").read_text()) for run in runs]
+    scores = [json.loads((run / "privatetest.json").read_text())["scores"] for run in runs]
     direct = evaluate(runs[1] / "best", pack, "PrivateTest", "flip", "cpu", progress=False)
     assert scores[1]["flip"]["accuracy"] == direct["accuracy"]
     assert [load_checkpoint(r / "best")[1]["recipe"]["seed"] for r in runs] == [0, 1]
@@ -588,6 +588,13 @@ def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, mo
                         or evaluate(ckpt, *a, **kw))
     rp.reproduce([recipe], pack, out, seeds=[0, 1, 2], device="cpu", tta="flip")
     assert trained == ["tiny-s2"] and scored == ["tiny-s2", "tiny-s2"]
+    # kept scores belong to their weights: new weights in a run are scored again
+    shutil.copy(out / "tiny-s0" / "best.safetensors", out / "tiny-s1" / "best.safetensors")
+    scored.clear()
+    rp.reproduce([recipe], pack, out, seeds=[0, 1, 2], device="cpu", tta="flip")
+    assert scored == ["tiny-s1", "tiny-s1"]
+    rescored = json.loads((out / "tiny-s1" / "privatetest.json").read_text())["scores"]
+    assert rescored == scores[0]
 
     # finished runs from elsewhere: scored from their folders; a folder that is no run is
     # reported and left out

@@ -55,7 +55,7 @@ class Recipe:
     # launch-bound on a GPU); "default", "max-autotune", "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
     # record the whole step (augmentation, forward, backward, optimizer) once as a CUDA
-    # graph and replay it: one launch per step instead of thousands (CUDA, one process)
+    # graph and replay it: one launch per step instead of hundreds (CUDA, one process)
     cuda_graph: bool = False
     sync_bn: bool = False
     time_budget_minutes: float | None = None  # fit the schedule's length to this time

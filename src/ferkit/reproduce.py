@@ -3,11 +3,13 @@
 A row of the table is a recipe; its numbers are the mean and sample standard deviation over
 the seeds that trained it. Finished runs (from another machine, for instance) are scored
 with `table_from_runs`; each run's PrivateTest scores are kept in the run folder
-(``privatetest.json``), so adding seeds later scores only the new runs.
+(``privatetest.json``, with the weights' sha256 and the data's md5 they belong to), so
+adding seeds later scores only the new runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,8 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, load
 from .evaluate import evaluate
+from .fileio import write_atomically
 from .models import create_model
 from .models.info import count_macs, count_params
 from .recipe import Recipe
@@ -78,14 +81,23 @@ def score_run(
     checkpoint = run_checkpoint(run)
     meta = json.loads(checkpoint.with_suffix(".json").read_text())
     recipe = Recipe.from_dict(meta["recipe"])
+    # kept scores count only for these very weights and this very dataset
+    fingerprint = {
+        "weights_sha256": hashlib.sha256(checkpoint.with_suffix(".safetensors").read_bytes())
+        .hexdigest(),
+        "data_md5": load(data).info.get("md5"),
+        "ferplus": Path(ferplus).name if ferplus else None,
+    }
     cache = run / SCORES_FILE
-    scores = json.loads(cache.read_text()) if cache.exists() else {}
+    kept = json.loads(cache.read_text()) if cache.exists() else {}
+    scores = kept.get("scores", {}) if kept.get("fingerprint") == fingerprint else {}
     for mode in dict.fromkeys(("none", tta)):
         if mode not in scores:
             report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus)
             scores[mode] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                             "num_samples": report["num_samples"]}
-            cache.write_text(json.dumps(scores, indent=2))
+            text = json.dumps({"fingerprint": fingerprint, "scores": scores}, indent=2)
+            write_atomically(cache, lambda tmp, text=text: tmp.write_text(text))
     return {
         "run": str(run),
         "recipe": recipe.name,

@@ -45,9 +45,8 @@ class TrainStep:
     """``step(idx, lr)``: one optimisation step on the training images at ``idx``.
 
     ``train_model`` is what runs forward (the model, or its DDP / compiled wrapper);
-    ``eager_model`` is what a failed ``torch.compile`` falls back to. With several
-    processes every one draws and augments the whole global batch and keeps its slice.
-    Loss and accuracy add up on the device until `reset_totals`.
+    ``eager_model`` is what a failed ``torch.compile`` falls back to. Loss and accuracy
+    add up on the device until `reset_totals`.
     """
 
     def __init__(
@@ -99,7 +98,12 @@ class TrainStep:
     # ---- the step's parts (`body` is all of them; the benchmark times them one by one) ----
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Augmented inputs, loss targets and labels of this process's share of `idx`."""
+        """Augmented inputs, loss targets and labels of this process's share of `idx`.
+
+        Every process draws and augments the whole global batch, then keeps its slice: the
+        data a step sees does not depend on the number of processes (BatchNorm statistics
+        do, per process, unless sync_bn is on).
+        """
         x = augment_batch(self.images[idx], self.cfg, self.gen)
         labels = self.labels[idx]
         if self.soft_targets is not None:

@@ -280,7 +280,7 @@ class Trainer:
         if resume:
             self._resume()
         # after resuming: the optimizer's state must be in place before a graph records it
-        self.step = TrainStep(
+        self.train_step = TrainStep(
             self.train_model, self.opt, self.x_train, self.y_train, self.soft_train,
             r.augment_config, self.gen, self.loss_fn, num_classes, r.batch_size, amp=self.amp,
             channels_last=r.channels_last, rank=self.dist.rank, world=self.dist.world,
@@ -388,7 +388,7 @@ class Trainer:
         r, d = self.recipe, self.dist
         self.train_model.train()
         perm = torch.randperm(len(self.x_train), generator=self.gen, device=self.device)
-        self.step.reset_totals()
+        self.train_step.reset_totals()
         steps = range(self.steps_per_epoch)
         if self.progress and d.main:
             from tqdm import tqdm
@@ -399,7 +399,7 @@ class Trainer:
         for step in steps:
             progress = self.global_step / (self.planned_epochs * self.steps_per_epoch)
             lr = lr_at(r, progress, self.global_step / self.steps_per_epoch, self.plateau_scale)
-            self.step(perm[step * r.batch_size : (step + 1) * r.batch_size], lr)
+            self.train_step(perm[step * r.batch_size : (step + 1) * r.batch_size], lr)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.global_step += 1
@@ -411,7 +411,8 @@ class Trainer:
                 print(f"epoch {self.epoch + 1}: step {step + 1}/{self.steps_per_epoch}, "
                       f"{rate:.0f} img/s, epoch ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
         n_local = self.steps_per_epoch * (r.batch_size // d.world)
-        stats = torch.stack([self.step.loss_sum / self.steps_per_epoch, self.step.correct / n_local])
+        totals = self.train_step
+        stats = torch.stack([totals.loss_sum / self.steps_per_epoch, totals.correct / n_local])
         if d.world > 1:
             dist.all_reduce(stats)
             stats /= d.world
