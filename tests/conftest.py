@@ -84,3 +84,16 @@ def checkpoint(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("ckpt") / "random"
     save_checkpoint(create_model("mba_cnn"), base, RANDOM_MODEL_META, dtype=torch.float16)
     return base
+
+
+def require_serve_extra() -> None:
+    """Skip the calling test module unless the packages of ``ferkit[serve]`` are installed."""
+    for module in ("fastapi", "uvicorn"):
+        pytest.importorskip(module, reason=f"the REST service needs {module}: pip install "
+                            "'ferkit[serve]'")
+    try:
+        import python_multipart  # noqa: F401 - the module's name since python-multipart 0.0.13
+    except ImportError:
+        pytest.importorskip(
+            "multipart", reason="uploads need python-multipart: pip install 'ferkit[serve]'"
+        )

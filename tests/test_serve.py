@@ -14,16 +14,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import require_serve_extra
 from PIL import Image
 
-pytest.importorskip("fastapi", reason="the REST service needs FastAPI: pip install 'ferkit[serve]'")
+require_serve_extra()
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx: pip install httpx")
-try:
-    import python_multipart  # noqa: F401 - the module's name since python-multipart 0.0.13
-except ImportError:
-    pytest.importorskip(
-        "multipart", reason="uploads need python-multipart: pip install 'ferkit[serve]'"
-    )
 
 with warnings.catch_warnings():
     # starlette >= 1 prefers httpx2 for its TestClient and warns when it falls back to httpx

@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_serve_extra
 
-pytest.importorskip("fastapi", reason="the REST service needs FastAPI: pip install 'ferkit[serve]'")
-pytest.importorskip("uvicorn", reason="the REST service needs uvicorn: pip install 'ferkit[serve]'")
-try:
-    import python_multipart  # noqa: F401 - the module's name since python-multipart 0.0.13
-except ImportError:
-    pytest.importorskip(
-        "multipart", reason="uploads need python-multipart: pip install 'ferkit[serve]'"
-    )
+require_serve_extra()
 pytest.importorskip(
     "playwright.sync_api", reason="the browser test needs Playwright: pip install playwright"
 )
