@@ -37,14 +37,15 @@ TINY = "test_tiny_cnn"
 
 
 class TinyCNN(nn.Module):
-    """Two strided convolutions, a pool that keeps 8 row bands, a linear head (~2k params)."""
+    """Two strided convolutions, a pool that keeps `bands` row bands, a linear head (~2k
+    params). ONNX can export the pool only where `bands` divides 12 (the rows it pools)."""
 
-    def __init__(self, num_classes: int = 7, in_chans: int = 1, width: int = 8):
+    def __init__(self, num_classes: int = 7, in_chans: int = 1, width: int = 8, bands: int = 8):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, width, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d((8, 1))
-        self.head = nn.Linear(8 * width, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d((bands, 1))
+        self.head = nn.Linear(bands * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
@@ -502,6 +503,42 @@ def test_evaluate_matches_a_direct_computation(trained, pack, tmp_path):
     assert "PrivateTest" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="TTA"):
         evaluate(out / "best", pack, split="PrivateTest", tta="bogus", device="cpu")
+    with pytest.raises(ValueError, match="backend 'tensorrt'"):
+        evaluate(out / "best", pack, split="PrivateTest", device="cpu", backend="tensorrt")
+
+
+def test_evaluate_with_onnxruntime_agrees_with_torch(pack, ferkit_cache, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ferkit.evaluate import evaluate
+
+    # 12 row bands: a pool that ONNX can export
+    fit(tiny_recipe(model_options={"bands": 12}), pack, tmp_path / "run", device="cpu",
+        progress=False)
+    checkpoint = tmp_path / "run" / "best"
+    kw = dict(split="PrivateTest", tta="flip", device="cpu", progress=False)
+    torch_report = evaluate(checkpoint, pack, **kw)
+    onnx_report = evaluate(checkpoint, pack, backend="onnx", **kw)
+    assert torch_report["backend"] == "torch" and onnx_report["backend"] == "onnx"
+    assert onnx_report["accuracy"] == torch_report["accuracy"]
+    assert onnx_report["confusion_matrix"] == torch_report["confusion_matrix"]
+    predicted = np.array(torch_report["confusion_matrix"]).sum(0)
+    assert (predicted > 0).sum() >= 2  # not one class for everything: the match means something
+    assert onnx_report["ece"] == pytest.approx(torch_report["ece"], abs=1e-5)
+
+
+def test_predict_probs_runs_modules_channels_last(trained):
+    from ferkit.evaluate import channels_last_on, predict_probs
+
+    out, _ = trained
+    model, _ = load_checkpoint(out / "best")
+    assert not model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    before = predict_probs(model, faces)
+    assert model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    weight = model.conv2.weight
+    assert channels_last_on(model, torch.device("cpu")) is model
+    assert model.conv2.weight is weight  # already there: nothing moved
+    np.testing.assert_allclose(predict_probs(model, faces), before, atol=1e-6)
 
 
 def test_code_version_marks_uncommitted_changes(monkeypatch):

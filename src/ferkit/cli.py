@@ -26,7 +26,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate(
         args.checkpoint, args.data, split=args.split, tta=args.tta, device=args.device,
-        out=args.out, ferplus=args.ferplus,
+        out=args.out, ferplus=args.ferplus, backend=args.backend,
     )
     if args.json:
         print(json.dumps(report))
@@ -48,11 +48,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.runs:
         table = table_from_runs(args.runs, args.data, args.out, tta=args.tta, device=args.device,
-                                ferplus=args.ferplus)
+                                ferplus=args.ferplus, backend=args.backend)
     else:
         table = reproduce(args.recipes, args.data, args.out, overrides=args.set,
                           device=args.device, max_minutes=args.max_minutes,
-                          ferplus=args.ferplus, seeds=args.seeds, tta=args.tta)
+                          ferplus=args.ferplus, seeds=args.seeds, tta=args.tta,
+                          backend=args.backend)
     print(table.read_text(), end="")
     return 0
 
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for JSON, PNG plots and report.md")
     e.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx: onnxruntime on the CPU, faster there (needs ferkit[export])")
     e.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("reproduce", help="train recipes, score PrivateTest once, write a table")
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train each recipe once per seed (runs NAME-sSEED)")
     rp.add_argument("--tta", default="ten-crop", choices=["flip", "ten-crop"],
                     help="the TTA column (single-crop is always scored)")
+    rp.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                    help="what scores PrivateTest; onnx is faster on a CPU (ferkit[export])")
     rp.add_argument("--data", required=True, help="the full dataset (PrivateTest is scored)")
     rp.add_argument("--out", required=True)
     rp.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")

@@ -25,6 +25,7 @@ from .metrics import (
 from .train import find_ferplus_votes, resolve_device
 
 TTA_MODES = ("none", "flip", "ten-crop")
+BACKENDS = ("torch", "onnx")
 
 
 @torch.no_grad()
@@ -32,22 +33,27 @@ def predict_probs(
     model: torch.nn.Module | Callable[[torch.Tensor], np.ndarray | torch.Tensor],
     images: np.ndarray | torch.Tensor,
     tta: str = "none",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
     """Class probabilities (N x C) for uint8 N x 48 x 48 faces, averaged over TTA views.
 
-    ``model``: a torch module (run in eval mode on ``device``, channels_last), or any
+    ``model``: a torch module (moved to ``device`` and channels_last, in eval mode), or any
     callable from a normalised float N x 1 x 48 x 48 tensor to N x C logits, such as
     `ferkit.export.OnnxClassifier`; both share the normalisation, TTA and softmax here.
+    ``batch_size``: faces per forward pass (times the TTA views); by default 32 on a CPU
+    (bigger batches run slower there: `mba_cnn` at 640 inputs 73 views/s, at 2,560 47,
+    on 2 cores) and 512 on a GPU.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; use one of {TTA_MODES}")
     device = torch.device(device)
+    if batch_size is None:
+        batch_size = 512 if device.type == "cuda" else 32
     is_module = isinstance(model, torch.nn.Module)
     if is_module:
-        model = model.to(device).eval()
+        model = channels_last_on(model, device).eval()
     data = torch.as_tensor(images)
     batches = range(0, len(data), batch_size)
     if progress:
@@ -66,6 +72,19 @@ def predict_probs(
         probs = torch.softmax(logits, dim=1).reshape(v, n, -1).mean(0)
         out.append(probs.cpu())
     return torch.cat(out).numpy()
+
+
+def channels_last_on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` on `device` with channels_last weights (about 1.6x faster inference on a CPU
+    than the default layout: `mba_cnn` 82 vs 51 images/s at batch 256); a no-op when it is
+    already there."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if any(p.device != device or not p.is_contiguous(memory_format=torch.channels_last)
+           for p in weights):
+        model.to(device, memory_format=torch.channels_last)
+    return model
 
 
 def load_eval_data(meta: dict, data: str | os.PathLike, ferplus: str | None = None) -> FaceSet:
@@ -92,10 +111,23 @@ def evaluate(
     out: str | os.PathLike | None = None,
     ferplus: str | None = None,
     progress: bool | None = None,
+    backend: str = "torch",
 ) -> dict:
-    """Metrics of `checkpoint` on `split` of `data`; with `out`, also JSON, PNGs, report.md."""
+    """Metrics of `checkpoint` on `split` of `data`; with `out`, also JSON, PNGs, report.md.
+
+    ``backend="onnx"`` runs the checkpoint exported to ONNX in onnxruntime on the CPU
+    (needs ``ferkit[export]``): on 2 CPU cores 2.5x (single crop) to 3.5x (ten-crop) the
+    speed of torch, with the same accuracy on the shipped model. The report says which
+    backend scored it.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
+    if backend == "onnx":
+        from .export import onnx_backend
+
+        model, _ = onnx_backend(checkpoint)
     faces = load_eval_data(meta, data, ferplus)
     warn_if_resplit(faces, split)
     subset = faces.subset(split)
@@ -107,6 +139,7 @@ def evaluate(
     report.update(
         split=split,
         tta=tta,
+        backend=backend,
         checkpoint=str(checkpoint),
         model=meta["model"],
         data=str(data),

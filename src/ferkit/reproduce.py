@@ -70,7 +70,7 @@ def run_checkpoint(run: Path) -> Path:
 
 def score_run(
     run: str | os.PathLike, data: str | os.PathLike, tta: str = "ten-crop",
-    device: str = "auto", ferplus: str | None = None,
+    device: str = "auto", ferplus: str | None = None, backend: str = "torch",
 ) -> dict:
     """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept."""
     run = Path(run)
@@ -87,13 +87,15 @@ def score_run(
         .hexdigest(),
         "data_md5": load(data).info.get("md5"),
         "ferplus": Path(ferplus).name if ferplus else None,
+        "backend": backend,
     }
     cache = run / SCORES_FILE
     kept = json.loads(cache.read_text()) if cache.exists() else {}
     scores = kept.get("scores", {}) if kept.get("fingerprint") == fingerprint else {}
     for mode in dict.fromkeys(("none", tta)):
         if mode not in scores:
-            report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus)
+            report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus,
+                              backend=backend)
             scores[mode] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                             "num_samples": report["num_samples"]}
             text = json.dumps({"fingerprint": fingerprint, "scores": scores}, indent=2)
@@ -110,6 +112,7 @@ def score_run(
         "test_acc": scores["none"]["accuracy"],
         "test_acc_tta": scores[tta]["accuracy"],
         "tta": tta,
+        "backend": backend,
         "epochs_done": summary["epochs_done"],
         "epochs_recipe": recipe.epochs,
         "wall_minutes": summary["wall_seconds"] / 60,
@@ -155,6 +158,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
             "test_acc_tta": spread([r["test_acc_tta"] for r in runs]),
             "test_accs": [r["test_acc"] for r in runs],
             "tta": first["tta"],
+            "backend": first["backend"],
             "wall_minutes": statistics.fmean(r["wall_minutes"] for r in runs),
             "device": ", ".join(sorted({r["device"] for r in runs})),
             "published": PUBLISHED.get(first["model"], ""),
@@ -206,8 +210,9 @@ def write_table(groups: list[dict], out: Path) -> Path:
             f"{percent(g['val_acc'])} | {percent(g['test_acc'])} | {percent(g['test_acc_tta'])} "
             f"| {g['wall_minutes']:.1f} | {g['device']} | {g['published']} |"
         )
+    backends = ", ".join(sorted({g["backend"] for g in groups}))
     lines += ["", "Mean ± sample standard deviation over the seeds; PrivateTest scored once "
-              "per run, after selection on PublicTest."]
+              f"per run ({backends}), after selection on PublicTest."]
     claims = claim_lines(groups)
     if claims:
         lines += ["", "The paper's claims:", *claims]
@@ -220,13 +225,14 @@ def write_table(groups: list[dict], out: Path) -> Path:
 def table_from_runs(
     runs: list[str | os.PathLike], data: str | os.PathLike, out: str | os.PathLike,
     tta: str = "ten-crop", device: str = "auto", ferplus: str | None = None,
+    backend: str = "torch",
 ) -> Path:
     """Score finished run folders (each once) and write their table; a bad run is reported
     and left out."""
     rows = []
     for run in runs:
         try:
-            rows.append(score_run(run, data, tta, device, ferplus))
+            rows.append(score_run(run, data, tta, device, ferplus, backend))
         except (DataError, OSError, KeyError, ValueError) as exc:
             print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)
     if not rows:
@@ -244,6 +250,7 @@ def reproduce(
     ferplus: str | None = None,
     seeds: Sequence[int] | None = None,
     tta: str = "ten-crop",
+    backend: str = "torch",
 ) -> Path:
     """Train each recipe (once per seed) into ``out/<name>[-s<seed>]``, score PrivateTest
     once per run, write ``results.md``. A finished run (with its summary.json) is not trained
@@ -259,6 +266,6 @@ def reproduce(
             if not (run / "summary.json").exists():  # a run cut short resumes
                 fit(recipe, data, run, device=device, max_minutes=max_minutes,
                     resume=(run / "last.state.pt").exists())
-            rows.append(score_run(run, data, tta, device, ferplus))
+            rows.append(score_run(run, data, tta, device, ferplus, backend))
             write_table(group_rows(rows), out)
     return out / "results.md"
