@@ -616,6 +616,7 @@ def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, mo
     table = (out / "results.md").read_text()
     assert "| tiny | test_tiny_cnn |" in table and "PrivateTest flip TTA" in table
     assert f"{100 * np.mean(single):.2f}% ± {100 * np.std(single, ddof=1):.2f}" in table
+    assert "](results.png)" in table and (out / "results.png").stat().st_size > 0
 
     # again, plus a third seed: only the new run trains and is scored
     trained, scored = [], []

@@ -26,12 +26,13 @@ from .models.info import count_macs, count_params
 from .recipe import Recipe
 from .train import fit
 
-#: Published FER2013 PrivateTest accuracies to print beside ours (single model).
+#: Published test accuracies to print beside ours (single model), by (model, dataset).
 PUBLISHED = {
-    "mba_cnn": "69.49% (He 2023); 71.55% student reproduction on a Kaggle re-split that "
-    "contains most test images: not comparable",
-    "vulpe_cnn": "72.16% (Vulpe-Grigorasi & Grigore 2021, as claimed)",
-    "vgg_fer": "73.28% (Khaireddin & Chen 2021, with ten-crop TTA)",
+    ("mba_cnn", "fer2013"): "69.49% (He 2023); 71.55% student reproduction on a Kaggle "
+    "re-split that contains most test images: not comparable",
+    ("mba_cnn", "ferplus"): "84.63% (He 2023)",
+    ("vulpe_cnn", "fer2013"): "72.16% (Vulpe-Grigorasi & Grigore 2021, as claimed)",
+    ("vgg_fer", "fer2013"): "73.28% (Khaireddin & Chen 2021, with ten-crop TTA)",
 }
 
 #: The paper's claims as (question, reference recipe, variant recipe): the variant removes
@@ -106,6 +107,7 @@ def score_run(
         "seed": recipe.seed,
         "model": recipe.model,
         "model_options": recipe.model_options,
+        "dataset": recipe.dataset,
         "num_classes": len(meta["class_names"]),
         "augmentation": describe_augment(recipe),
         "val_acc": summary["best_val_acc"],
@@ -146,6 +148,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
         out.append({
             "recipe": name,
             "model": first["model"],
+            "dataset": first["dataset"],
             "params": count_params(model),
             "gmacs": count_macs(model) / 1e9,
             "branches": getattr(model, "branches", "-"),
@@ -161,7 +164,7 @@ def group_rows(rows: list[dict]) -> list[dict]:
             "backend": first["backend"],
             "wall_minutes": statistics.fmean(r["wall_minutes"] for r in runs),
             "device": ", ".join(sorted({r["device"] for r in runs})),
-            "published": PUBLISHED.get(first["model"], ""),
+            "published": PUBLISHED.get((first["model"], first["dataset"]), ""),
         })
     return out
 
@@ -193,8 +196,40 @@ def claim_lines(groups: list[dict]) -> list[str]:
     return lines
 
 
+#: The paper's FER2013 PrivateTest accuracy, drawn as a line in the seeds plot.
+PAPER_ACCURACY = 0.6949
+
+
+def plot_seeds(groups: list[dict], path: Path) -> Path:
+    """Each run's PrivateTest single-crop accuracy per recipe (dots), their mean (a short
+    line) and, for FER2013 runs, the paper's 69.49% (dashed line)."""
+    from .metrics import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 4))
+    for i, g in enumerate(groups):
+        accs = [100 * a for a in g["test_accs"]]
+        ax.hlines(statistics.fmean(accs), i - 0.3, i + 0.3, color="#6b8fb5", linewidth=2.5)
+        ax.scatter([i] * len(accs), accs, color="#08306b", zorder=3, s=18)
+    top = max(max(g["test_accs"]) for g in groups) * 100
+    if all(g["dataset"] == "fer2013" for g in groups):
+        ax.axhline(100 * PAPER_ACCURACY, color="#b22222", linestyle="--", linewidth=1,
+                   label="paper (He 2023): 69.49%")
+        ax.legend(loc="lower right", fontsize=8)
+        top = max(top, 100 * PAPER_ACCURACY)
+    low = min(min(g["test_accs"]) for g in groups) * 100
+    ax.set_ylim(max(low - 3, 0), min(top + 2, 100))
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_xticks(range(len(groups)), [g["recipe"] for g in groups], rotation=30, ha="right")
+    ax.set_ylabel("PrivateTest single-crop accuracy (%)")
+    ax.set_title("One dot per seed, line = mean")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def write_table(groups: list[dict], out: Path) -> Path:
-    """``results.md`` (table and claims) and ``results.json`` in `out`."""
+    """``results.md`` (table and claims), ``results.json`` and, where matplotlib is
+    installed, ``results.png`` (every seed's accuracy per recipe) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     tta = groups[0]["tta"] if groups else "ten-crop"
     lines = [
@@ -217,6 +252,11 @@ def write_table(groups: list[dict], out: Path) -> Path:
     if claims:
         lines += ["", "The paper's claims:", *claims]
     (out / "results.json").write_text(json.dumps(groups, indent=2))
+    try:
+        plot_seeds(groups, out / "results.png")
+        lines += ["", "![PrivateTest accuracy of every seed per recipe](results.png)"]
+    except ImportError as exc:
+        print(f"ferkit reproduce: plot skipped ({exc})", file=sys.stderr)
     table = out / "results.md"
     table.write_text("\n".join(lines) + "\n")
     return table
