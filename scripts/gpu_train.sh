@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train several recipes at once on one GPU inside a time box, then package what comes back.
 #
-#   scripts/gpu_train.sh PACK OUT MINUTES RECIPE[@SEED] [RECIPE[@SEED] ...]
+#   scripts/gpu_train.sh PACK OUT MINUTES RECIPE[@SEED][+KEY=VALUE...] [...]
 #
 # PACK: a file from `ferkit data pack DATA --splits Training,PublicTest` (the test split
 # never travels; a FER+ recipe finds fer2013new.csv, or fer2013new.csv.gz, beside the pack).
@@ -9,8 +9,10 @@
 # that time; runs share the GPU (at small batches one run is bound by launching kernels and
 # leaves most of the GPU idle). For each recipe OUT gets RECIPE.tar.gz (best weights in
 # fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the training-speed
-# benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides. RECIPE@SEED trains
-# the recipe with that seed as run RECIPE-sSEED (e.g. paper@1 paper@2 for the seeds table).
+# benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides to every run.
+# RECIPE@SEED trains the recipe with that seed as run RECIPE-sSEED (e.g. paper@1 paper@2 for
+# the seeds table); +KEY=VALUE sets a recipe key for that run only, named into the run
+# (paper+cuda_graph=true is run paper-cuda_graph-true: compare it with plain paper).
 # A device call returns at most 8 files of at most 16 MiB, 64 MiB in all: an archive over
 # 15 MiB is split into NAME.tar.gz.partNN (join with cat), and the script warns when OUT
 # holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
@@ -32,12 +34,18 @@ if command -v nvidia-smi >/dev/null; then
 fi
 names=()
 for spec in "$@"; do
-  recipe=${spec%@*}; name=$recipe; seed=()
-  if [ "$spec" != "$recipe" ]; then name="$recipe-s${spec#*@}"; seed=(seed="${spec#*@}"); fi
+  base=${spec%%+*}; sets=()
+  if [ "$base" != "$spec" ]; then IFS=+ read -ra sets <<< "${spec#*+}"; fi
+  recipe=${base%@*}; name=$recipe
+  if [ "$base" != "$recipe" ]; then name="$recipe-s${base#*@}"; sets+=("seed=${base#*@}"); fi
+  for kv in "${sets[@]}"; do
+    case $kv in seed=*) ;; *) name="$name-${kv//[^A-Za-z0-9._-]/-}" ;; esac
+  done
   names+=("$name")
+  # the run's own keys come last: they win over EXTRA's
   python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$name" \
-    --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" "${seed[@]}" ${EXTRA:-} \
-    > "$OUT/$name.log" 2>&1 &
+    --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
+    ${sets[@]:+--set "${sets[@]}"} > "$OUT/$name.log" 2>&1 &
 done
 wait $(jobs -p | grep -v "^${smi:-none}$")
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
