@@ -11,8 +11,9 @@
 # fp16, metadata, metrics log, summary, train.log). BENCH=1 first runs the training-speed
 # benchmark alone on the GPU (OUT/bench.txt). EXTRA adds --set overrides to every run.
 # RECIPE@SEED trains the recipe with that seed as run RECIPE-sSEED (e.g. paper@1 paper@2 for
-# the seeds table); +KEY=VALUE sets a recipe key for that run only, named into the run
-# (paper+cuda_graph=true is run paper-cuda_graph-true: compare it with plain paper).
+# the seeds table); +KEY=VALUE sets a recipe key for that run only, and names the recipe
+# after it (paper+cuda_graph=true is recipe and run paper-cuda_graph-true, and
+# paper@2+cuda_graph=true run paper-cuda_graph-true-s2). Values must not contain "+".
 # A device call returns at most 8 files of at most 16 MiB, 64 MiB in all: an archive over
 # 15 MiB is split into NAME.tar.gz.partNN (join with cat), and the script warns when OUT
 # holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
@@ -36,11 +37,12 @@ names=()
 for spec in "$@"; do
   base=${spec%%+*}; sets=()
   if [ "$base" != "$spec" ]; then IFS=+ read -ra sets <<< "${spec#*+}"; fi
-  recipe=${base%@*}; name=$recipe
-  if [ "$base" != "$recipe" ]; then name="$recipe-s${base#*@}"; sets+=("seed=${base#*@}"); fi
-  for kv in "${sets[@]}"; do
-    case $kv in seed=*) ;; *) name="$name-${kv//[^A-Za-z0-9._-]/-}" ;; esac
-  done
+  recipe=${base%@*}; variant=$recipe
+  for kv in "${sets[@]}"; do variant="$variant-${kv//[^A-Za-z0-9._-]/-}"; done
+  # a variant is a recipe of its own name (the seeds table groups runs by recipe name)
+  [ "$variant" != "$recipe" ] && sets+=("name=$variant")
+  name=$variant
+  if [ "$base" != "$recipe" ]; then name="$variant-s${base#*@}"; sets+=("seed=${base#*@}"); fi
   names+=("$name")
   # the run's own keys come last: they win over EXTRA's
   python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$name" \

@@ -457,15 +457,16 @@ def test_gpu_script_dry_run(pack, tmp_path):
         tar.extractall(tmp_path / "seed3", filter="data")
     assert load_checkpoint(tmp_path / "seed3" / "best-fp16")[1]["recipe"]["seed"] == 3
     # +KEY=VALUE: keys for one run only, in its name; the other runs keep the recipe's
-    variant = "cpu-s3-eval_batch_size-16-label_smoothing-0.05"
+    variant = "cpu-eval_batch_size-16-label_smoothing-0.05-s3"
     assert re.search(rf"^RESULT {variant} best_val_acc=[\d.]+ epochs=1/1 ", proc.stdout, re.M)
     with tarfile.open(out / f"{variant}.tar.gz") as tar:
         tar.extractall(tmp_path / "variant", filter="data")
     recipe = load_checkpoint(tmp_path / "variant" / "best-fp16")[1]["recipe"]
     assert (recipe["seed"], recipe["label_smoothing"], recipe["eval_batch_size"]) == (3, 0.05, 16)
+    assert recipe["name"] == "cpu-eval_batch_size-16-label_smoothing-0.05"
     assert load_checkpoint(tmp_path / "seed3" / "best-fp16")[1]["recipe"]["label_smoothing"] == 0.1
     assert sorted(p.name for p in out.iterdir()) == [
-        "cpu-s3-eval_batch_size-16-label_smoothing-0.05.tar.gz", "cpu-s3.tar.gz", "cpu.tar.gz"]
+        "cpu-eval_batch_size-16-label_smoothing-0.05-s3.tar.gz", "cpu-s3.tar.gz", "cpu.tar.gz"]
     assert "WARNING" not in proc.stdout
 
 
