@@ -123,6 +123,46 @@ def test_cuda_graph_on_the_cpu_runs_the_eager_step_and_says_so():
     assert float(graphed.loss_sum) > 0
 
 
+class FrozenReplay:
+    """Stands in for a recorded graph whose replays do not advance the generator."""
+
+    replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+
+@pytest.mark.parametrize("offsets, graphed_after", [((5, 5), False), ((5, 9), True)])
+def test_a_replay_that_does_not_advance_the_generator_ends_graphing(
+    monkeypatch, offsets, graphed_after
+):
+    """The CPU has no graphs: the recording is faked, the check after the first replay is
+    real (a frozen generator would augment every batch alike)."""
+    from ferkit import step as step_module
+
+    notes = []
+    step = make_step(AugmentConfig())
+    step.log = notes.append
+    step.graphing, step.graph, step.replays_checked = True, FrozenReplay(), False
+    step.lr, step.static_idx = torch.zeros(()), torch.zeros(8, dtype=torch.long)
+    reads = iter(offsets)
+    monkeypatch.setattr(step_module, "generator_offset", lambda gen: next(reads))
+    step(torch.arange(8), 1e-3)
+    assert (step.graph is not None) == graphed_after
+    assert bool(notes) != graphed_after
+    if not graphed_after:
+        assert "does not advance the augmentation's generator" in notes[0]
+        loss = float(step.loss_sum)
+        step(torch.arange(8), 1e-3)  # the next steps run eagerly
+        assert float(step.loss_sum) > loss
+
+
+def test_generator_offset_is_none_where_there_is_none():
+    from ferkit.step import generator_offset
+
+    assert generator_offset(torch.Generator()) is None  # a CPU generator has no offset
+
+
 def test_recipe_refuses_two_kinds_of_graph():
     assert Recipe(cuda_graph=True, compile=True).cuda_graph
     assert Recipe(cuda_graph=True, compile=True, compile_mode="max-autotune-no-cudagraphs")

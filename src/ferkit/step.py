@@ -41,6 +41,14 @@ def graph_support(device: torch.device, world: int, cfg: AugmentConfig,
     return None
 
 
+def generator_offset(gen: torch.Generator) -> int | None:
+    """The Philox offset of a CUDA generator (None where there is none to read)."""
+    try:
+        return int(gen.get_offset())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 class TrainStep:
     """``step(idx, lr)``: one optimisation step on the training images at ``idx``.
 
@@ -89,6 +97,7 @@ class TrainStep:
             else:
                 self.graphing = True
                 self.warm = 0
+                self.replays_checked = False
                 self.static_idx = torch.zeros(batch_size, dtype=torch.long, device=self.device)
                 # a device learning rate: a recorded optimizer step reads it at every replay
                 self.lr = torch.zeros((), device=self.device)
@@ -148,7 +157,7 @@ class TrainStep:
             if self.graph is None and self.warm >= WARMUP_STEPS:
                 self._record()
             if self.graph is not None:
-                self.graph.replay()
+                self._replay()
             else:
                 self._warmup_step()
         else:
@@ -178,6 +187,26 @@ class TrainStep:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.warm += 1
 
+    def _replay(self) -> None:
+        before = generator_offset(self.gen)
+        self.graph.replay()
+        if self.replays_checked:
+            return
+        self.replays_checked = True
+        uses_generator = self.cfg.geometric or self.cfg.erasing > 0
+        if uses_generator and before is not None and generator_offset(self.gen) == before:
+            # a replay that draws the same random numbers every time would augment every
+            # batch alike: this one step is harmless, the rest of the run is not
+            self._stop_graphing("a replay does not advance the augmentation's generator")
+
+    def _stop_graphing(self, why: str) -> None:
+        self.log(f"cuda_graph: {why}; continuing eagerly")
+        self.graph = None
+        self.graphing = False
+        for group in self.opt.param_groups:
+            group["capturable"] = False
+        self.opt.zero_grad(set_to_none=True)
+
     def _record(self) -> None:
         graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)  # backward allocates .grad inside the graph
@@ -194,11 +223,6 @@ class TrainStep:
             with torch.cuda.graph(graph):
                 self.body(self.static_idx)
         except Exception as exc:  # recording failed: the run goes on eagerly
-            self.log(f"cuda_graph: recording the step failed ({type(exc).__name__}: {exc}); "
-                     "continuing eagerly")
-            self.graphing = False
-            for group in self.opt.param_groups:
-                group["capturable"] = False
-            self.opt.zero_grad(set_to_none=True)
+            self._stop_graphing(f"recording the step failed ({type(exc).__name__}: {exc})")
             return
         self.graph = graph
