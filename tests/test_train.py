@@ -662,20 +662,22 @@ def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, mo
 def test_claims_are_answered_only_as_far_as_the_seeds_allow():
     from ferkit.reproduce import claim_lines
 
-    def group(name, accs):
-        return {"recipe": name, "test_accs": accs}
+    def group(name, accs, epochs="30 of 300"):
+        return {"recipe": name, "test_accs": accs, "epochs": epochs}
 
     lines = claim_lines([
         group("paper", [0.70, 0.71, 0.69]),
         group("mba_cnn_1branch", [0.65, 0.66, 0.64]),  # clearly worse: branches help
         group("mba_cnn_no_cbam", [0.70, 0.69, 0.72]),  # the same within noise
-        group("mba_cnn_conv", [0.72]),  # one seed
+        group("mba_cnn_conv", [0.72], epochs="12 of 300"),  # one seed, fewer epochs
     ])
     assert len(lines) == 3  # paper-noaug was not trained: no line
     branches, cbam, conv = lines
     assert "three branches" in branches and "+5.00 points" in branches and "; yes." in branches
     assert "CBAM" in cbam and "within twice its standard error" in cbam
     assert "Conv2D" in conv and "-2.00 points" in conv and "not decided" in conv
+    assert "different epochs, 30 of 300 vs 12 of 300" in conv
+    assert "different epochs" not in branches + cbam
 
 
 # ---- review fixes: recipe types, held-out validation, unlabelled splits, dotted names ----

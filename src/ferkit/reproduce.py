@@ -191,6 +191,9 @@ def claim_lines(groups: list[dict]) -> list[str]:
         else:
             verdict = "not decided: one seed on a side gives no spread"
             detail = f"{100 * diff:+.2f} points"
+        if by_name[ref].get("epochs") != by_name[variant].get("epochs"):
+            verdict += (f" (but they trained for different epochs, {by_name[ref]['epochs']} vs "
+                        f"{by_name[variant]['epochs']}: length and design are confounded)")
         lines.append(f"- {question} `{ref}` vs `{variant}`, PrivateTest single-crop: "
                      f"{detail}; {verdict}.")
     return lines
