@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, ImportError) as exc:
+        # ImportError: an optional extra missing (its message names the pip install)
         print(f"ferkit: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `ferkit data check --json | head`

@@ -122,12 +122,12 @@ def evaluate(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    dev = resolve_device(device)
+    dev = torch.device("cpu") if backend == "onnx" else resolve_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
-    if backend == "onnx":
+    if backend == "onnx":  # the checkpoint just loaded, exported (once, into the cache)
         from .export import onnx_backend
 
-        model, _ = onnx_backend(checkpoint)
+        model, _ = onnx_backend((model, meta))
     faces = load_eval_data(meta, data, ferplus)
     warn_if_resplit(faces, split)
     subset = faces.subset(split)

@@ -211,7 +211,10 @@ class FallbackDetector(FaceDetector):
     def __init__(self, primary: FaceDetector, fallback: FaceDetector) -> None:
         self.primary, self.fallback = primary, fallback
         self.name = f"{primary.name}+{fallback.name}"
-        self.crop_margin = primary.crop_margin
+
+    @property
+    def crop_margin(self) -> float:  # one margin serves both: the primary's
+        return self.primary.crop_margin
 
     def clone(self) -> FallbackDetector:
         return FallbackDetector(self.primary.clone(), self.fallback.clone())

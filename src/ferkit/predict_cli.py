@@ -91,13 +91,10 @@ def recognizer_from_args(args: argparse.Namespace):
     """The `Recognizer` that `add_recognizer_arguments`'s options describe."""
     from .recognize import Recognizer
 
-    backend = getattr(args, "backend", "torch")
-    try:
-        return Recognizer(
-            model=args.model, detector=args.detector, device=args.device, backend=backend
-        )
-    except ImportError as exc:  # onnxruntime missing: a message, not a traceback
-        raise ValueError(str(exc)) from None
+    return Recognizer(
+        model=args.model, detector=args.detector, device=args.device,
+        backend=getattr(args, "backend", "torch"),  # `explain` has no --backend
+    )
 
 
 def add_parsers(subparsers) -> None:

@@ -261,8 +261,11 @@ class Recognizer:
             if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
                 raise ValueError(f"{model}: an ONNX file needs backend='onnx'")
             self.device = resolve_device(device)
+            from .evaluate import channels_last_on
+
             self.model, self.meta = _resolve_model(model)
-            self.model = self.model.to(self.device).eval()
+            # laid out once here: classification then never converts (or races) per call
+            self.model = channels_last_on(self.model, self.device).eval()
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         self.backend = backend

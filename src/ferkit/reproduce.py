@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoint import read_metadata
 from .data import DataError, load
 from .evaluate import evaluate
 from .fileio import write_atomically
@@ -69,24 +70,32 @@ def run_checkpoint(run: Path) -> Path:
     raise DataError(f"{run}: no best.safetensors or best-fp16.safetensors (not a finished run?)")
 
 
+def dataset_md5(data: str | os.PathLike) -> str | None:
+    return load(data).info.get("md5")
+
+
 def score_run(
     run: str | os.PathLike, data: str | os.PathLike, tta: str = "ten-crop",
     device: str = "auto", ferplus: str | None = None, backend: str = "torch",
+    data_md5: str | None = None,
 ) -> dict:
-    """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept."""
+    """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept.
+
+    ``data_md5``: the dataset's md5 when the caller has it (a table of many runs reads the
+    data once for it, not once per run)."""
     run = Path(run)
     summary_file = run / "summary.json"
     if not summary_file.exists():
         raise DataError(f"{run}: no summary.json (the run did not finish an epoch)")
     summary = json.loads(summary_file.read_text())
     checkpoint = run_checkpoint(run)
-    meta = json.loads(checkpoint.with_suffix(".json").read_text())
+    meta = read_metadata(checkpoint)
     recipe = Recipe.from_dict(meta["recipe"])
     # kept scores count only for these very weights and this very dataset
     fingerprint = {
         "weights_sha256": hashlib.sha256(checkpoint.with_suffix(".safetensors").read_bytes())
         .hexdigest(),
-        "data_md5": load(data).info.get("md5"),
+        "data_md5": data_md5 or dataset_md5(data),
         "ferplus": Path(ferplus).name if ferplus else None,
         "backend": backend,
     }
@@ -272,10 +281,10 @@ def table_from_runs(
 ) -> Path:
     """Score finished run folders (each once) and write their table; a bad run is reported
     and left out."""
-    rows = []
+    rows, md5 = [], dataset_md5(data)
     for run in runs:
         try:
-            rows.append(score_run(run, data, tta, device, ferplus, backend))
+            rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
         except (DataError, OSError, KeyError, ValueError) as exc:
             print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)
     if not rows:
@@ -300,7 +309,7 @@ def reproduce(
     again; one cut short (a last.state.pt only) resumes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, md5 = [], dataset_md5(data)
     for path in recipes:
         for seed in seeds if seeds else [None]:
             extra = [] if seed is None else [f"seed={seed}"]
@@ -309,6 +318,6 @@ def reproduce(
             if not (run / "summary.json").exists():  # a run cut short resumes
                 fit(recipe, data, run, device=device, max_minutes=max_minutes,
                     resume=(run / "last.state.pt").exists())
-            rows.append(score_run(run, data, tta, device, ferplus, backend))
+            rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
             write_table(group_rows(rows), out)
     return out / "results.md"

@@ -303,9 +303,9 @@ class Trainer:
         state = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
         skipped = sorted(set(own) - set(state))
         self.model.load_state_dict(state, strict=False)
-        if skipped and self.dist.main:
-            print(f"ferkit: --init-from {path}: re-initialised {skipped} (class set "
-                  f"{meta['class_names']} -> {list(self.class_names)})", file=sys.stderr)
+        if skipped:
+            self._note(f"--init-from {path}: re-initialised {skipped} (class set "
+                       f"{meta['class_names']} -> {list(self.class_names)})")
         # the file's name, not its path (no machine's folders in shipped metadata)
         return {"checkpoint": Path(path).name, "model": meta.get("model"),
                 "recipe": meta.get("recipe", {}).get("name"),

@@ -130,11 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origins),
     )
     _share_cpu_threads(args.workers)
-    try:
-        app = create_app(settings=settings)  # loads the model now, before listening
-    except ImportError as exc:  # e.g. --backend onnx without onnxruntime
-        print(f"ferkit: error: {exc}", file=sys.stderr)
-        return 2
+    app = create_app(settings=settings)  # loads the model now, before listening
     if not _is_loopback(args.host):
         print(
             f"ferkit: warning: listening on {args.host}: anyone who can reach this machine can "
