@@ -28,7 +28,7 @@ from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, normalize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
-from .data.ferplus import VOTES_OPENERS
+from .data.fer2013 import COMPRESSED_OPENERS
 from .fileio import write_atomically
 from .models import create_model
 from .recipe import Recipe
@@ -100,7 +100,7 @@ def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path
     """The FER+ votes file: `name` as given, else beside the data (in it, if a folder).
 
     Where none of those is there, a compressed copy in the same places is taken
-    (``fer2013new.csv.gz``, or .xz / .bz2), in the same order.
+    (``fer2013new.csv.gz``, or .xz / .lzma / .bz2), in the same order.
     """
     votes, data = Path(name), Path(data)
     if votes.is_absolute() or votes.exists():
@@ -110,7 +110,7 @@ def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path
             folder / votes.name for folder in (data, data / "fer2013", data.parent)
             if folder.is_dir()
         ]
-    suffixes = [""] if votes.suffix.lower() in VOTES_OPENERS else ["", *VOTES_OPENERS]
+    suffixes = [""] if votes.suffix.lower() in COMPRESSED_OPENERS else ["", *COMPRESSED_OPENERS]
     for suffix in suffixes:
         for place in places:
             if (path := place.with_name(place.name + suffix)).exists():

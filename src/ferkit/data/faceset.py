@@ -190,30 +190,26 @@ class FaceSet:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("magic") != PACK_MAGIC:
-                    raise DataError(f"{path}: not a ferkit pack (magic {meta.get('magic')!r})")
+                    raise DataError(f"not a ferkit pack (magic {meta.get('magic')!r})")
                 codec = meta.get("image_codec")
                 if codec is None:  # written before image codecs: the images as they are
                     faces = cls.from_arrays(z, str(path))
                 elif codec == PACK_IMAGE_CODEC:
                     images = med_decode(z["image_residuals"])
-                    if meta.get("image_dedup", "image_rows" in z.files):
-                        rows = z["image_rows"]
-                        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
-                            len(rows) and not 0 <= rows.min() <= rows.max() < len(images)
-                        ):
-                            raise ValueError(f"image_rows do not index the {len(images)} images")
-                        images = images[rows]
-                    faces = cls.from_arrays(z, str(path), images=images)
+                    rows = z["image_rows"]  # save_pack always deduplicates
+                    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
+                        len(rows) and not 0 <= rows.min() <= rows.max() < len(images)
+                    ):
+                        raise ValueError(f"image_rows do not index the {len(images)} images")
+                    faces = cls.from_arrays(z, str(path), images=images[rows])
                 else:
                     raise DataError(
-                        f"{path}: pack image codec {codec!r} unknown to this ferkit "
+                        f"pack image codec {codec!r} unknown to this ferkit "
                         f"(it reads {PACK_IMAGE_CODEC!r}); update ferkit"
                     )
         except (lzma.LZMAError, OSError, KeyError, ValueError) as exc:
-            if isinstance(exc, DataError):
-                if str(path) in str(exc):
-                    raise
-                raise DataError(f"{path}: {exc}") from None  # FaceSet's checks, with the file
+            if isinstance(exc, DataError):  # ours and FaceSet's checks, with the file
+                raise DataError(f"{path}: {exc}") from None
             raise DataError(f"{path}: unreadable ferkit pack ({exc})") from None
         faces.info["packed_from"] = Path(meta.get("source", "")).name
         return faces

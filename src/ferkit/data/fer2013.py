@@ -28,13 +28,14 @@ FER2013_URL_HINT = (
     "Expression Recognition' challenge on Kaggle (fer2013.tar.gz holds fer2013.csv)"
 )
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+#: How a compressed data file may end (``fer2013.csv.gz``, ``fer2013new.csv.xz``), with its
+#: opener; anything else is read as it is.
+COMPRESSED_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}
 
 
 def read_text(path: Path) -> tuple[str, str]:
     """The decompressed text of a (possibly .gz/.xz/.bz2) file and the md5 of its bytes."""
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}.get(
-        path.suffix.lower(), open
-    )
+    opener = COMPRESSED_OPENERS.get(path.suffix.lower(), open)
     try:
         with opener(path, "rb") as f:
             raw = f.read()

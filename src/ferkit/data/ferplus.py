@@ -8,9 +8,7 @@ non-face rows have none. It may be gzip/xz/bz2-compressed (``fer2013new.csv.gz``
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import io
 import lzma
 from pathlib import Path
@@ -18,19 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from .faceset import DataError, FaceSet
+from .fer2013 import COMPRESSED_OPENERS
 
 FERPLUS_CLASSES: tuple[str, ...] = (
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
 )
 VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
-#: How a compressed votes file may end (``fer2013new.csv.gz``), with its opener.
-VOTES_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
 
 def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The N x 10 vote counts and the N Usage strings of ``fer2013new.csv`` (or .gz/.xz/.bz2)."""
     path = Path(path)
-    opener = VOTES_OPENERS.get(path.suffix.lower(), open)
+    opener = COMPRESSED_OPENERS.get(path.suffix.lower(), open)
     try:
         with opener(path, "rb") as f:
             text = f.read().decode("utf-8-sig")
