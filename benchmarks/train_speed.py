@@ -60,8 +60,9 @@ def time_steps(step, device, seconds: float, min_steps: int = 5) -> tuple[int, f
     return n, time.perf_counter() - t0
 
 
-def split_step(train_step: TrainStep, data, batch, device, gen, reps: int = 20) -> dict:
+def split_step(train_step: TrainStep, batch: int, reps: int = 20) -> dict:
     """Milliseconds spent in augmentation, forward+backward and optimizer (synchronised)."""
+    data, device, gen = train_step.images, train_step.device, train_step.gen
     parts = {"augment": 0.0, "fwd+bwd": 0.0, "optimizer": 0.0}
     for _ in range(reps):
         sync(device)
@@ -131,7 +132,7 @@ def main() -> None:
                              1000 * secs / n, FER2013_TRAIN / ips, mem))
                 print(f"{model_name} batch {batch} {rows[-1][2]}: {ips:,.0f} images/s", flush=True)
                 if args.profile and not compiled and not graph:
-                    split = split_step(step.train_step, data, batch, device, gen)
+                    split = split_step(step.train_step, batch)
                     print(f"{model_name} batch {batch} step split (ms, synchronised): "
                           + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
                     if device.type == "cuda":

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ferkit.metrics import _pyplot, _save
+from ferkit.metrics import _pyplot, _save, _series, _table
 
 
 def read_log(path: Path) -> list[dict]:
@@ -42,15 +42,15 @@ def run_name(path: Path) -> str:
     return path.name.removesuffix(".metrics.jsonl").removesuffix(".jsonl")
 
 
-def summary_row(name: str, rows: list[dict], target: float) -> str:
+def summary_row(name: str, rows: list[dict], target: float) -> list:
     best = max(rows, key=lambda r: r["val_acc"])
     reached = next((r for r in rows if r["val_acc"] >= target), None)
     to_target = (f"{reached['elapsed_s'] / 60:.1f} min (epoch {reached['epoch']})"
                  if reached and "elapsed_s" in reached else "not reached")
     rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
     rate = f"{sum(rates) / len(rates):,.0f}" if rates else "-"
-    return (f"| {name} | {len(rows)} | {100 * best['val_acc']:.2f}% (epoch "
-            f"{best.get('epoch', '?')}) | {to_target} | {rate} |")
+    best_text = f"{100 * best['val_acc']:.2f}% (epoch {best.get('epoch', '?')})"
+    return [name, len(rows), best_text, to_target, rate]
 
 
 def main() -> None:
@@ -63,16 +63,17 @@ def main() -> None:
     args = ap.parse_args()
     plt = _pyplot()
     fig, (by_time, by_epoch) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    table = ["| run | epochs | best validation | time to "
-             f"{100 * args.target:.1f}% | train images/s |", "|---|---|---|---|---|"]
+    header = ["run", "epochs", "best validation", f"time to {100 * args.target:.1f}%",
+              "train images/s"]
+    table = []
     for path in args.logs:
         rows = read_log(path)
         name = run_name(path)
         table.append(summary_row(name, rows, args.target))
-        acc = [100 * r["val_acc"] for r in rows]
+        epochs, acc = _series(rows, "val_acc")  # read_log: every row has val_acc
+        acc = [100 * a for a in acc]
         line, = by_time.plot([r.get("elapsed_s", 0) / 60 for r in rows], acc, label=name)
-        by_epoch.plot([r.get("epoch", i) for i, r in enumerate(rows, 1)], acc,
-                      color=line.get_color(), label=name)
+        by_epoch.plot(epochs, acc, color=line.get_color(), label=name)
     by_time.set_xlabel("wall time (minutes)")
     by_epoch.set_xlabel("epoch")
     by_time.set_ylabel("validation accuracy (%)")
@@ -81,7 +82,7 @@ def main() -> None:
     by_epoch.legend(loc="lower right")
     fig.suptitle(args.title)
     fig.tight_layout()
-    print("\n".join(table))
+    print("\n".join(_table(header, table)))
     print(_save(fig, args.out))
 
 
