@@ -233,3 +233,19 @@ def test_cli_explain_without_a_face(checkpoint, tmp_path, capsys):
     code = cli("explain", str(blank), "--out", str(out), "--model", str(checkpoint))
     stdout, _ = capsys.readouterr()
     assert code == 0 and "no face found" in stdout and not out.exists()
+
+
+def test_cli_explain_output_is_checked_before_any_work(checkpoint, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.open(samples.path("astronaut")).save(photo)
+    before = photo.read_bytes()
+    base = ["--model", str(checkpoint), "--device", "cpu"]
+    with pytest.raises(ValueError, match="would replace the input photo"):
+        cli("explain", str(photo), "--out", str(photo), *base)
+    assert photo.read_bytes() == before
+    with pytest.raises(ValueError, match="is a folder"):
+        cli("explain", str(photo), "--out", str(tmp_path), *base)
+    # no suffix: a PNG named with one
+    assert cli("explain", str(photo), "--out", str(tmp_path / "explained"), *base) == 0
+    with Image.open(tmp_path / "explained.png") as img:
+        assert img.format == "PNG"

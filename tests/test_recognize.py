@@ -277,6 +277,37 @@ def test_bgra_array_and_float_array(recognizer, astronaut):
     assert boxes(recognizer.predict(astronaut / 255.0)) == ref
 
 
+@pytest.mark.parametrize("scale", [1.0, 2 / 255.0], ids=["0-255", "minus1-1"])
+def test_float_arrays_on_another_scale_are_refused_not_clipped_blank(recognizer, astronaut, scale):
+    pixels = astronaut.astype(np.float32) * scale
+    if scale != 1.0:
+        pixels -= 1.0  # normalised to -1..1
+    with pytest.raises(ImageError, match="0..1"):
+        recognizer.predict(pixels)
+
+
+def test_recognizer_options_are_checked(checkpoint):
+    for kwargs, words in [({"batch_size": 0}, "batch_size"), ({"margin": -1.5}, "margin"),
+                          ({"tta": "twelve-crop"}, "tta"), ({"device": "gpu"}, "unknown device")]:
+        with pytest.raises(ValueError, match=words):
+            Recognizer(model=str(checkpoint), **{"device": "cpu", **kwargs})
+
+
+def test_whole_image_detector_classifies_ready_crops_as_evaluation_does(checkpoint):
+    """``detector="none"``: a 48 x 48 crop goes to the model as it is, the same probabilities
+    as `classify` on the crop (what evaluation feeds the model)."""
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    rec = Recognizer(model=str(checkpoint), detector="none", device="cpu")
+    (face,) = rec.predict(crop)
+    assert face.box == [0, 0, 48, 48] and face.detection_score is None
+    expected = rec.classify(crop[None])[0]
+    assert [face.scores[c] for c in rec.class_names] == pytest.approx(expected.tolist(), abs=1e-6)
+    # a larger, non-square image becomes its centred square, edges repeated
+    wide = np.dstack([np.kron(crop, np.ones((2, 2), np.uint8))] * 3)
+    (face,) = rec.predict(np.pad(wide, ((0, 0), (10, 10), (0, 0)), mode="edge"))
+    assert face.box == [0, 0, 116, 96]
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not an image at all", "random", "truncated"],
@@ -475,6 +506,73 @@ def test_cli_folder_recursion_table_and_annotate(checkpoint, photo_dir, tmp_path
         assert img.size == (512, 512)
 
 
+def test_cli_annotate_never_replaces_an_input(checkpoint, photo_dir, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()}
+    # the photos' own parent: photos/a.jpg's annotated copy would be photos/a.jpg itself
+    with pytest.raises(ValueError, match="would replace the input"):
+        run_cli(checkpoint, str(photo_dir), "--annotate", str(photo_dir.parent))
+    with pytest.raises(ValueError, match="would replace the input"):
+        run_cli(checkpoint, str(photo_dir / "a.jpg"), "--annotate", str(photo_dir))
+    assert {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()} == before
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not a folder"):
+        run_cli(checkpoint, str(photo_dir / "a.jpg"), "--annotate", str(tmp_path / "file"))
+
+
+def test_cli_annotate_reports_where_each_copy_went(checkpoint, tmp_path, astronaut, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(astronaut).save(folder / "a.png")
+    Image.fromarray(astronaut).save(folder / "a.gif")  # both want the name a.png
+    out_dir = tmp_path / "out"
+    assert run_cli(checkpoint, str(folder), "--json", "--annotate", str(out_dir)) == 0
+    out, err = capsys.readouterr()
+    written = {json.loads(line)["file"]: json.loads(line)["annotated"] for line in out.splitlines()}
+    assert sorted(Path(p).name for p in written.values()) == ["a-2.png", "a.png"]
+    assert all(Path(p).is_file() for p in written.values())
+    assert "2 annotated image(s) written" in err
+
+
+def test_cli_a_copy_that_cannot_be_written_is_one_error_row(checkpoint, photo_dir, tmp_path,
+                                                            capsys):
+    out_dir = tmp_path / "out"
+    (out_dir / "a.jpg").mkdir(parents=True)  # a folder where the copy of a.jpg would go
+    code = run_cli(checkpoint, str(photo_dir / "a.jpg"), "--csv", "--annotate", str(out_dir))
+    out, err = capsys.readouterr()
+    assert code == 1
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert "cannot write the annotated image" in row["error"] and row["label"] == ""
+    assert "cannot write the annotated image" in err
+
+
+def test_cli_detector_none_tiles_and_threads(checkpoint, tmp_path, capsys):
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for k in range(3):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 48), dtype=np.uint8)).save(
+            crops / f"{k}.png")
+    assert run_cli(checkpoint, str(crops), "--json", "--detector", "none", "--threads", "1") == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(r["faces"]) for r in records] == [1, 1, 1]
+    assert records[0]["faces"][0]["box"] == [0, 0, 48, 48]
+    with pytest.raises(ValueError, match="BlazeFace"):
+        run_cli(checkpoint, str(crops), "--detector", "haar", "--tiles", "2")
+
+
+def test_cli_small_faces_need_tiles(checkpoint, astronaut, tmp_path, capsys):
+    """A face of 1/15 of a wide photo's side is below BlazeFace's whole-image reach;
+    ``--tiles 2`` finds it."""
+    canvas = np.full((600, 1600, 3), 255, np.uint8)
+    canvas[200:307, 700:807] = np.asarray(Image.fromarray(astronaut[68:175, 173:280]))
+    path = tmp_path / "group.png"
+    Image.fromarray(canvas).save(path)
+    counts = []
+    for extra in ([], ["--tiles", "2"]):
+        assert run_cli(checkpoint, str(path), "--json", *extra) == 0
+        counts.append(len(json.loads(capsys.readouterr().out)["faces"]))
+    assert counts == [0, 1]
+
+
 def test_cli_csv_and_glob(checkpoint, photo_dir, capsys):
     code = run_cli(checkpoint, str(photo_dir / "**" / "*.png"), "--csv")
     out, _ = capsys.readouterr()
@@ -492,3 +590,29 @@ def test_cli_missing_path_and_unmatched_glob(checkpoint, tmp_path, capsys):
     assert code == 1
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 2 and all(r["error"] for r in records)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_cli_a_device_this_machine_lacks_is_a_one_line_error(device, capsys):
+    from ferkit.cli import main
+
+    assert main(["predict", "--sample", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferkit: error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and device in err
+
+
+def test_a_run_folder_is_its_best_checkpoint(checkpoint, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(checkpoint.with_suffix(suffix), run / f"last{suffix}")
+    with pytest.raises(FileNotFoundError, match="last"):  # names what the folder holds
+        load_model(run)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(checkpoint.with_suffix(suffix), run / f"best{suffix}")
+    model, meta = load_model(run)
+    assert meta["class_names"] == load_model(checkpoint)[1]["class_names"]

@@ -280,6 +280,22 @@ def test_cli_video_writes_csv_and_annotated_video(video, checkpoint, tmp_path, c
     assert np.abs(a.astype(int) - b).max() > 100
 
 
+def test_cli_outputs_that_cannot_be_files_fail_before_any_work(video, checkpoint, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "file").write_text("")
+    base = ["--model", str(checkpoint), "--device", "cpu"]
+    for args, words in [
+        (["--csv", str(folder)], "is a folder"),
+        (["--out", str(tmp_path / "file" / "x.mp4")], "is a file, not a folder"),
+        (["--out", str(tmp_path / "v.mp4"), "--csv", str(tmp_path / "v.mp4")], "same file"),
+        (["--out", str(tmp_path / "ok.mp4"), "--csv", str(folder)], "is a folder"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            cli("video", str(video), *args, *base)
+    assert not (tmp_path / "ok.mp4").exists()  # no stub left behind
+
+
 def test_cli_every_writes_every_frame_of_the_video(video, checkpoint, tmp_path, capsys):
     out, table = tmp_path / "every.avi", tmp_path / "every.csv"
     code = cli("video", str(video), "--out", str(out), "--csv", str(table), "--every", "3",

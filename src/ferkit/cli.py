@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, ImportError) as exc:
-        # ImportError: an optional extra missing (its message names the pip install)
-        print(f"ferkit: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `ferkit data check --json | head`
         sys.stderr.close()
         return 0
+    except (DataError, ValueError, OSError, ImportError) as exc:
+        # ImportError: an optional extra missing (its message names the pip install);
+        # OSError: a file that cannot be read or written (a folder, no permission, ...)
+        print(f"ferkit: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

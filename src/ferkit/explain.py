@@ -23,7 +23,7 @@ from torch import nn
 
 from .faces import FACE_SIZE, crop_face, faces_to_tensor
 from .models.layers import SpatialAttention
-from .predict_cli import add_recognizer_arguments
+from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import Face, LoadedImage, Recognizer, load_image
 
 _CHUNK = 32
@@ -433,11 +433,9 @@ def render_explanations(
         for c, (title, heat) in enumerate(panels, 1):
             ax = fig.add_subplot(grid[row, c])
             ax.imshow(crop, cmap="gray", vmin=0, vmax=255)
-            heat = upsample(heat, size)
-            lo, hi = float(heat.min()), float(heat.max())
-            if hi - lo < 1e-6:  # a flat map: its absolute value on the 0..1 scale
-                lo, hi = 0.0, 1.0
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
+            # attention maps are gates on one fixed 0..1 scale (a map that passes nearly
+            # everything looks uniform, as it acts); Grad-CAM is min-max scaled per face
+            ax.imshow(upsample(heat, size), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
         ax = fig.add_subplot(grid[row, ncols - 1])
@@ -454,8 +452,9 @@ def render_explanations(
     fig.text(
         0.5,
         bottom,
-        "overlays: red = high, blue = low; each map is stretched over its own range "
-        "(attention ranges in the titles)",
+        "overlays: red = high, blue = low; attention: the gate's value on a fixed 0-1 "
+        "scale (1 = passes the feature unchanged; ranges in the titles); Grad-CAM: stretched "
+        "over its own range",
         ha="center",
         va="top",
         fontsize=8,
@@ -480,7 +479,10 @@ def add_parsers(subparsers) -> None:
         "scores, into one PNG. No face: says so, writes nothing, exit status 0.",
     )
     p.add_argument("image", metavar="IMAGE", help="photo file")
-    p.add_argument("--out", required=True, metavar="OUT.png", help="image file to write")
+    p.add_argument(
+        "--out", required=True, metavar="OUT.png",
+        help="image file to write (PNG; .pdf, .svg or .jpg by its suffix)",
+    )
     add_recognizer_arguments(p)
     p.add_argument(
         "--target",
@@ -491,8 +493,23 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_explain)
 
 
+def _output_path(out: str, image: str) -> Path:
+    """``--out`` checked before any work: a file (PNG unless it names another format) that
+    is not the input photo."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the image file to write, e.g. "
+                         f"{path / 'explained.png'}")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.exists() and path.resolve() == Path(image).resolve():
+        raise ValueError(f"--out {out} would replace the input photo; choose another file")
+    return path
+
+
 def run_explain(args: argparse.Namespace) -> int:
-    recognizer = Recognizer(model=args.model, detector=args.detector, device=args.device)
+    out = _output_path(args.out, args.image)
+    recognizer = recognizer_from_args(args)
     loaded = load_image(args.image, max_side=recognizer.max_side)
     explanations = explain(recognizer, loaded, target=args.target)
     if not explanations:
@@ -501,7 +518,7 @@ def run_explain(args: argparse.Namespace) -> int:
     for k, e in enumerate(explanations, 1):
         box = ", ".join(str(v) for v in e.face.box)
         print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}")
-    render_explanations(loaded, explanations, args.out)
-    print(f"explanation written to {args.out}")
+    render_explanations(loaded, explanations, out)
+    print(f"explanation written to {out}")
     sys.stdout.flush()
     return 0

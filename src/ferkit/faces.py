@@ -34,13 +34,14 @@ class Detection:
     """One detected face.
 
     ``score``: the detector's confidence, larger is surer; its scale depends on the backend
-    (``haar``: the number of merged neighbour windows; ``blazeface``: a probability).
+    (``haar``: the number of merged neighbour windows; ``blazeface``: a probability;
+    ``none``: None).
     ``landmarks``: (x, y) keypoints in image pixels, or None; when present, the first two
     are the two eye centres.
     """
 
     box: tuple[int, int, int, int]
-    score: float
+    score: float | None
     landmarks: tuple[Point, ...] | None = None
 
 
@@ -116,7 +117,7 @@ class HaarDetector(FaceDetector):
     ) -> None:
         cv2 = _import_cv2()
         if not hasattr(cv2, "CascadeClassifier"):
-            raise RuntimeError(
+            raise ImportError(
                 f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in 5.x): "
                 "pip install 'opencv-python-headless>=4.8,<5'"
             )
@@ -126,7 +127,7 @@ class HaarDetector(FaceDetector):
                              threads=threads)
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
-            raise RuntimeError(f"{path}: OpenCV could not load this Haar cascade")
+            raise ValueError(f"{path}: OpenCV could not load this Haar cascade")
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
@@ -161,7 +162,23 @@ class HaarDetector(FaceDetector):
         return out
 
 
-_DETECTORS: dict[str, Callable[..., FaceDetector]] = {"haar": HaarDetector}
+class WholeImageDetector(FaceDetector):
+    """No detection: the whole image is one face, for images that are already face crops
+    (FER2013-style 48 x 48 faces, another detector's output). The crop is the square on the
+    image's centre with its longer side (edge pixels repeated), as `crop_face` makes of any
+    box; ``score`` is None."""
+
+    name = "none"
+    crop_margin = 0.0
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        h, w = image.shape[:2]
+        return [Detection(box=(0, 0, w, h), score=None)] if h and w else []
+
+
+_DETECTORS: dict[str, Callable[..., FaceDetector]] = {
+    "haar": HaarDetector, "none": WholeImageDetector,
+}
 
 
 def register_detector(name: str, factory: Callable[..., FaceDetector]) -> None:

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .argtypes import number, whole_number
 from .data.faceset import IMAGE_EXTENSIONS
 
 _SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
@@ -73,10 +74,35 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
     parser.add_argument(
         "--detector",
         default="blazeface",
-        help="face detector: blazeface (default), haar, or blazeface+haar (Haar where "
-        "BlazeFace finds no face: more low-resolution faces, more false positives)",
+        help="face detector: blazeface (default), haar, blazeface+haar (Haar where "
+        "BlazeFace finds no face: more low-resolution faces, more false positives), or none "
+        "(each image is already one face crop, e.g. FER2013-style faces: no detection)",
+    )
+    parser.add_argument(
+        "--tiles",
+        type=whole_number(1, 4),
+        default=1,
+        metavar="N",
+        help="BlazeFace: also search overlapping tiles of 1/N of the image (2 finds faces "
+        "down to about 1/20 of the image's longer side, e.g. in group photos; slower)",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=number(0, 1, open_low=True, open_high=True),
+        default=None,
+        metavar="P",
+        help="BlazeFace: the face probability a detection must reach (default 0.6; lower "
+        "finds more blurry or small faces, and more false ones)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=None,
+        metavar="N",
+        help="CPU threads for the classifier (default: torch's, one per core; on a busy "
+        "machine 1 is often faster)",
+    )
     if backend:
         parser.add_argument(
             "--backend",
@@ -87,12 +113,31 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
         )
 
 
+def detector_from_args(args: argparse.Namespace):
+    """The `FaceDetector` that ``--detector``, ``--tiles`` and ``--min-score`` describe."""
+    from .faces import get_detector
+
+    options = {}
+    if args.tiles != 1 or args.min_score is not None:
+        if not args.detector.startswith("blazeface"):
+            raise ValueError(
+                f"--tiles and --min-score apply to the BlazeFace detectors (blazeface, "
+                f"blazeface+haar), not to --detector {args.detector}"
+            )
+        options = {"tiles": args.tiles, "min_score": args.min_score}
+    return get_detector(args.detector, **options)
+
+
 def recognizer_from_args(args: argparse.Namespace):
     """The `Recognizer` that `add_recognizer_arguments`'s options describe."""
+    import torch
+
     from .recognize import Recognizer
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # the onnx backend follows it too
     return Recognizer(
-        model=args.model, detector=args.detector, device=args.device,
+        model=args.model, detector=detector_from_args(args), device=args.device,
         backend=getattr(args, "backend", "torch"),  # `explain` has no --backend
     )
 
@@ -123,7 +168,8 @@ def add_parsers(subparsers) -> None:
         "--annotate",
         metavar="OUT_DIR",
         default=None,
-        help="write a copy of each image with boxes and labels into OUT_DIR",
+        help="write a copy of each image with boxes and labels into OUT_DIR (same relative "
+        "names; at most 4096 pixels on a side); never over an input file",
     )
     add_recognizer_arguments(p, backend=True)
     p.set_defaults(func=run_predict)
@@ -157,7 +203,7 @@ class _Table:
             f"{'label':<10} {'conf':>6}  top-3"
         )
 
-    def write(self, item: Input, faces, error: str | None) -> None:
+    def write(self, item: Input, faces, error: str | None, annotated: Path | None = None) -> None:
         if error is not None:
             self.p.out(f"{item.name:<{self.width}}  {'-':>4}  error: {error}")
         elif not faces:
@@ -175,8 +221,10 @@ class _JsonLines:
     def __init__(self, printer: _Printer, inputs: list[Input]) -> None:
         self.p = printer
 
-    def write(self, item: Input, faces, error: str | None) -> None:
+    def write(self, item: Input, faces, error: str | None, annotated: Path | None = None) -> None:
         record = {"file": item.name, "faces": [f.to_dict() for f in faces or []], "error": error}
+        if annotated is not None:
+            record["annotated"] = str(annotated)
         self.p.out(json.dumps(record))
 
 
@@ -195,7 +243,7 @@ class _Csv:
         csv.writer(line, lineterminator="").writerow(cells)
         self.p.out(line.getvalue())
 
-    def write(self, item: Input, faces, error: str | None) -> None:
+    def write(self, item: Input, faces, error: str | None, annotated: Path | None = None) -> None:
         if not faces:
             self._row(
                 [item.name, "", "", "", "", "", "", "", *[""] * len(self.class_names), error or ""]
@@ -225,6 +273,28 @@ def _annotated_path(out_dir: Path, relative: Path, used: set[Path]) -> Path:
     return target
 
 
+def annotation_targets(out_dir: Path, inputs: list[Input]) -> dict[int, Path]:
+    """Where each readable input's annotated copy goes (by index into ``inputs``), checked
+    before any work: the folder can be made, and no copy would replace an input file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--annotate {out_dir}: not a folder (it is a file)")
+    used: set[Path] = set()
+    targets = {k: _annotated_path(out_dir, item.relative, used)
+               for k, item in enumerate(inputs) if item.error is None}
+    originals = {Path(item.name).resolve(): item.name for item in inputs if item.error is None}
+    for target in targets.values():
+        if target.resolve() in originals:
+            raise ValueError(
+                f"--annotate {out_dir} would replace the input {originals[target.resolve()]} "
+                "with its annotated copy; choose a folder outside the inputs"
+            )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--annotate {out_dir}: cannot create this folder ({exc})") from None
+    return targets
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from .recognize import ImageError, draw_faces, load_image
 
@@ -250,7 +320,8 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         writer = _Table(printer, inputs)
     out_dir = Path(args.annotate) if args.annotate else None
-    used: set[Path] = set()
+    targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
+    annotated = 0
     failed = 0
     for start in range(0, len(inputs), _FILES_PER_BATCH):
         chunk = inputs[start : start + _FILES_PER_BATCH]
@@ -267,24 +338,29 @@ def run_predict(args: argparse.Namespace) -> int:
         results = dict(zip(loaded, recognizer.predict_batch(list(loaded.values())), strict=True))
         for k, item in enumerate(chunk):
             error = errors.get(k)
-            if error is None and out_dir is not None:
-                target = _annotated_path(out_dir, item.relative, used)
+            target = targets.get(start + k)
+            if error is None and target is not None:
                 try:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     draw_faces(loaded[k], results[k], recognizer.class_names).save(
                         target, quality=90
                     )
+                    annotated += 1
                 except OSError as exc:
                     error = f"{target}: cannot write the annotated image ({exc})"
             if error is not None:
                 failed += 1
-                printer.err(f"ferkit: error: {error}")
-            writer.write(item, results.get(k), error)
+                if not isinstance(writer, _Table):  # the table shows it in its row
+                    printer.err(f"ferkit: error: {error}")
+            writer.write(item, None if error else results[k], error,
+                         annotated=None if error or target is None else target)
             if bar is not None:
                 bar.update(1)
         sys.stdout.flush()
     if bar is not None:
         bar.close()
+    if out_dir is not None:
+        printer.err(f"ferkit: {annotated} annotated image(s) written to {out_dir}")
     if failed:
         printer.err(f"ferkit: {failed} of {len(inputs)} input(s) failed")
     return 1 if failed else 0

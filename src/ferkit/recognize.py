@@ -84,6 +84,13 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.floating):
         arr = np.nan_to_num(arr.astype(np.float32, copy=False))
+        # a little outside 0..1 is resampling overshoot; far outside is another scale
+        # (0..255, or normalised -1..1), which clipping would turn into a blank image
+        if arr.size and (arr.max() > 1.5 or arr.min() < -0.5):
+            raise ImageError(
+                f"float image values must be in 0..1 (these span {arr.min():g}..{arr.max():g}); "
+                "divide 0..255 values by 255, or pass uint8"
+            )
         return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.dtype == np.uint16 or (arr.size and arr.max() > 255):
@@ -285,9 +292,20 @@ class Recognizer:
         if margin is None:
             margin = prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN))
         self.margin = float(margin)
+        if not self.margin > -1:
+            raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "
+                             f"face box's longer side), not {margin}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if int(max_side) < 1:
+            raise ValueError(f"max_side must be at least 1, not {max_side}")
+        from .evaluate import TTA_MODES
+
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")
         self.tta = tta
-        self.max_side = max_side
-        self.batch_size = batch_size
+        self.max_side = int(max_side)
+        self.batch_size = int(batch_size)
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
         """Class probabilities (N x C) of uint8 N x 48 x 48 face crops."""
@@ -349,7 +367,7 @@ class Recognizer:
             scores={c: float(p) for c, p in zip(self.class_names, probs, strict=True)},
             label=self.class_names[best],
             confidence=float(probs[best]),
-            detection_score=float(det.score),
+            detection_score=None if det.score is None else float(det.score),
         )
 
 

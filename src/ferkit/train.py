@@ -47,11 +47,24 @@ class DistInfo:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when there is a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    anything else, or a GPU this machine lacks, is a ValueError that says what there is."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but no CUDA GPU is available")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} requested but this machine has no CUDA GPU "
+                             "(torch sees none); use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} requested but this machine has {count} CUDA "
+                             f"GPU(s): cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
 
 

@@ -432,6 +432,23 @@ def _writer_for(path: Path, fps: float, size: tuple[int, int]):
     return writer
 
 
+def _check_output(target: str, option: str) -> None:
+    """Fail before any work where ``target`` cannot be a file to write (a folder, or under
+    a file), and make its folder."""
+    path = Path(target)
+    if path.is_dir():
+        raise ValueError(f"{option} {target} is a folder; give the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {target}: {parent} is a file, not a folder")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
+
+
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()
@@ -476,8 +493,13 @@ def run_video(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out}: --out would overwrite the input video")
     if args.out:
         _codec_for(Path(args.out))
-    if args.csv and args.csv != "-" and _same_file(args.csv, args.input):
-        raise ValueError(f"{args.csv}: --csv would overwrite the input video")
+        _check_output(args.out, "--out")
+    if args.csv and args.csv != "-":
+        if _same_file(args.csv, args.input):
+            raise ValueError(f"{args.csv}: --csv would overwrite the input video")
+        if args.out and _same_file(args.csv, args.out):
+            raise ValueError(f"{args.csv}: --csv and --out name the same file")
+        _check_output(args.csv, "--csv")
     recognizer = recognizer_from_args(args)
     names = recognizer.class_names
     writer = None
@@ -562,8 +584,9 @@ def display_problem() -> str | None:
     cv2 = _import_cv2()
     if not _cv2_has_gui(cv2):
         return (
-            f"this OpenCV ({cv2.__version__}) has no GUI support (opencv-python-headless "
-            "never has), so it cannot open a window"
+            f"this OpenCV ({cv2.__version__}) has no GUI support (opencv-python-headless, "
+            "which ferkit installs, never has), so it cannot open a window; for one: pip "
+            "uninstall -y opencv-python-headless && pip install 'opencv-python>=4.8,<5'"
         )
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")

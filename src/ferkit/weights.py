@@ -37,13 +37,24 @@ def load_model(
     """``(model, metadata)`` of shipped weights by name, or of a checkpoint by path.
 
     A name of the shipped weights wins over a file of the same name; a path may be given
-    with or without its ``.safetensors`` / ``.json`` suffix.
+    with or without its ``.safetensors`` / ``.json`` suffix, or be the folder of a run
+    written by `ferkit train` (its ``best`` checkpoint, or ``best-fp16``).
     """
     shipped = available_weights()
     if str(name) in shipped:
         with as_file(_weights_folder()) as folder:
             return load_checkpoint(Path(folder) / str(name), device)
     path = Path(name)
+    if path.is_dir():
+        for stem in ("best", "best-fp16"):
+            if (path / f"{stem}.safetensors").exists():
+                return load_checkpoint(path / stem, device)
+        found = sorted(p.stem for p in path.glob("*.safetensors"))
+        raise FileNotFoundError(
+            f"{name}: a folder without a best checkpoint (best.safetensors); "
+            + (f"pass one of its checkpoints: {', '.join(str(path / f) for f in found)}"
+               if found else "it holds no .safetensors checkpoint")
+        )
     base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     if base.with_suffix(".safetensors").exists():
         return load_checkpoint(base, device)
