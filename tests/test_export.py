@@ -223,3 +223,19 @@ def test_int8_is_written_only_within_the_accuracy_tolerance(
     assert meta["class_names"] == CLASSES and "int8" in meta["quantization"]
     x = normalize(torch.from_numpy(faces(4, seed=8)))
     assert OnnxClassifier(out)(x).shape == (4, len(CLASSES))
+
+
+def test_cli_opset_range(checkpoint, tmp_path, capsys):
+    from ferkit.export import MAX_OPSET, MIN_OPSET
+
+    for opset in (MIN_OPSET - 1, MAX_OPSET + 1):
+        with pytest.raises(SystemExit):
+            run_cli("--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"),
+                    "--opset", str(opset))
+        assert "must be at" in capsys.readouterr().err
+    out = tmp_path / "m13.onnx"
+    assert run_cli("--checkpoint", str(checkpoint), "--out", str(out), "--opset", str(MIN_OPSET)) == 0
+    import onnx
+
+    assert onnx.load(str(out)).opset_import[0].version == MIN_OPSET
+    assert not (tmp_path / "m.onnx").exists()

@@ -356,6 +356,18 @@ def _overview(image) -> tuple[np.ndarray, float, float]:
     return pixels, sx, sy
 
 
+def _matplotlib():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:
+        raise ImportError(
+            "drawing explanations needs matplotlib: pip install 'ferkit[plots]'"
+        ) from exc
+    return FigureCanvasAgg, Figure, Rectangle
+
+
 def render_explanations(
     image, explanations: Sequence[FaceExplanation], path: str | os.PathLike
 ) -> Path:
@@ -366,14 +378,7 @@ def render_explanations(
     Grad-CAM overlaid on it, and the class scores. Needs matplotlib (``pip install
     'ferkit[plots]'``); draws off screen (Agg), leaving pyplot's backend alone.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
-    except ImportError as exc:
-        raise ImportError(
-            "drawing explanations needs matplotlib: pip install 'ferkit[plots]'"
-        ) from exc
+    FigureCanvasAgg, Figure, Rectangle = _matplotlib()
     if not explanations:
         raise ValueError("no explanations to draw (no face found?)")
     map_names = list(explanations[0].attention_maps)
@@ -509,6 +514,7 @@ def _output_path(out: str, image: str) -> Path:
 
 def run_explain(args: argparse.Namespace) -> int:
     out = _output_path(args.out, args.image)
+    _matplotlib()  # missing: say so before the work, not after it
     recognizer = recognizer_from_args(args)
     loaded = load_image(args.image, max_side=recognizer.max_side)
     explanations = explain(recognizer, loaded, target=args.target)

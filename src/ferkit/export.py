@@ -2,10 +2,13 @@
 
 An exported file is self-describing: besides the network (normalised float N x 1 x 48 x 48
 in, N x C logits out) it carries the class names and the preprocessing (crop size, gray,
-normalisation mean and std, crop margin) as ONNX ``metadata_props`` (JSON values) or as the
-TorchScript extra file ``ferkit.json``; `read_onnx_metadata` and `load_torchscript` read
-them back. The input is ``(pixel / 255 - mean) / std`` of the uint8 crop that
-`ferkit.faces.crop_face` makes.
+normalisation mean and std, and the checkpoint's crop margin where it has one) as ONNX
+``metadata_props`` (JSON values) or as the TorchScript extra file ``ferkit.json``;
+`read_onnx_metadata` and `load_torchscript` read them back. The input is ``(pixel / 255 -
+mean) / std`` of the uint8 crop that `ferkit.faces.crop_face` makes: the square around the
+face box with ``(1 + margin)`` times its longer side, eyes levelled where the detector
+gives them, gray, 48 x 48; the margin belongs to the detector's boxes (BlazeFace 0.06,
+the Haar cascade 0.2), so the files carry none of their own.
 
 `OnnxClassifier` runs an ONNX file with onnxruntime's CPU provider; it is what
 ``Recognizer(backend="onnx")`` uses, through the same TTA and softmax code as the torch
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -37,12 +41,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .argtypes import whole_number
 from .augment import PIXEL_MEAN, PIXEL_STD
 from .faces import FACE_SIZE
 from .fileio import write_atomically
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
+#: The opsets offered: 13 (the oldest this network exports to, tested) up to what this torch's
+#: TorchScript-based exporter writes
+MIN_OPSET = 13
+try:
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # a private name: where it moves, offer the default only
+    MAX_OPSET = DEFAULT_OPSET
 #: The largest PublicTest accuracy difference (percentage points) `export_int8` accepts.
 INT8_TOLERANCE = 0.5
 CALIBRATION_FACES = 512
@@ -122,11 +134,14 @@ def _onnx_bytes(model: nn.Module, meta: dict, opset: int, dynamic_batch: bool) -
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        # the TorchScript-based exporter; torch < 2.5 has no `dynamo` switch and uses it anyway
+        has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
+        legacy = {"dynamo": False} if has_switch else {}
         torch.onnx.export(
             model,
             (_example_input(model, info),),
             buffer,
-            dynamo=False,
+            **legacy,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
@@ -436,7 +451,10 @@ def add_parsers(subparsers) -> None:
     src.add_argument("--checkpoint", default=None, help="checkpoint path (with or without suffix)")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: 17)")
+    p.add_argument(
+        "--opset", type=whole_number(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})",
+    )
     p.add_argument("--int8", action="store_true", help="int8 static quantization (ONNX only)")
     p.add_argument("--data", default=None, help="dataset for --int8 calibration and its check")
     p.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
