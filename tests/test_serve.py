@@ -266,6 +266,23 @@ def test_too_many_pixels_413_before_decoding(client, recognizer):
         assert r.status_code == 200
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pixel_limit_above_pils_own_is_honoured(recognizer, monkeypatch):
+    """--max-pixels beyond PIL's decompression-bomb limit: PIL must not refuse what the
+    service allows (its limit is scaled down here so that the images stay small)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses > 2000 pixels
+    with make_client(recognizer, max_pixels=5000) as c:
+        assert Image.MAX_IMAGE_PIXELS >= 5000
+        assert c.get("/v1/health").json()["limits"]["max_pixels"] == 5000
+        r = c.post("/v1/predict", content=png_bytes(60, 60), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text  # 3600 pixels: within the service's limit
+        r = c.post("/v1/predict", content=png_bytes(80, 80), headers={"Content-Type": "image/png"})
+        assert "6,400 pixels" in assert_error(r, 413, "too_many_pixels")["message"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)
+    create_app(recognizer, Settings(max_pixels=5000)).state.pool.close()
+    assert Image.MAX_IMAGE_PIXELS == 10**9  # never lowered
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [
@@ -378,8 +395,9 @@ def test_full_queue_503_with_retry_after_and_recovery(recognizer, photo):
             err = assert_error(r, 503, "busy")
             assert "retry" in err["message"]
             assert int(r.headers["Retry-After"]) >= 1
-            # health still answers while the pool is full
-            assert c.get("/v1/health").json()["status"] == "ok"
+            # health still answers while the pool is full, and says that it is
+            health = c.get("/v1/health").json()
+            assert health["status"] == "ok" and health["accepting"] is False
         finally:
             blocking.release.set()
             for t in threads:
@@ -430,6 +448,168 @@ def test_inference_pool_bounds_and_recovers():
     assert pool.submit(lambda r: r) is None
 
 
+def test_inference_pool_withdraws_a_waiting_job():
+    gate = threading.Event()
+    ran: list = []
+    pool = InferencePool(["runner"], queue_size=1)
+    try:
+        running = pool.submit(lambda r: gate.wait(10) and "first")
+        wait_for(lambda: pool.stats()["busy"] == 1)
+        waiting = pool.submit(ran.append)
+        assert pool.submit(lambda r: r) is None and not pool.stats()["accepting"]
+        assert pool.cancel(waiting) is True and waiting.cancelled()
+        # the slot is free at once, although the worker is still busy
+        assert pool.stats() == {"workers": 1, "queue_size": 1, "busy": 1, "waiting": 0,
+                                "accepting": True}  # fmt: skip
+        again = pool.submit(lambda r: "again")
+        assert again is not None
+        assert pool.cancel(running) is False  # a running job finishes
+        gate.set()
+        assert (running.result(10), again.result(10)) == ("first", "again")
+        assert ran == []  # the withdrawn job never ran
+    finally:
+        gate.set()
+        pool.close()
+
+
+def predict_scope(query: bytes = b"") -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+class AsgiClient:
+    """One request straight into the ASGI app: sends ``body``, then reports a disconnect
+    when ``leave`` is set (as uvicorn does when the client closes its connection)."""
+
+    def __init__(self, app, body: bytes) -> None:
+        self.leave = asyncio.Event()
+        self.messages: list = []
+        self._body = body
+        self.task = asyncio.ensure_future(app(predict_scope(), self._receive, self._send))
+
+    async def _receive(self):
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message):
+        self.messages.append(message)
+
+    @property
+    def status(self):
+        return self.messages[0]["status"] if self.messages else None
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_client_that_goes_away_gives_up_its_place(recognizer, photo):
+    """A queued request whose client disconnects leaves the queue at once and never runs;
+    a running one finishes, its answer dropped."""
+    blocking = BlockingRecognizer(recognizer)
+    calls: list = []
+    real_predict = blocking.predict
+    blocking.predict = lambda image: calls.append(1) or real_predict(image)
+    app = create_app(blocking, Settings(workers=1, queue=1, model_name="random"))
+    pool = app.state.pool
+
+    async def scenario():
+        first = AsgiClient(app, photo)
+        await until(lambda: pool.stats()["busy"] == 1)
+        second = AsgiClient(app, photo)
+        await until(lambda: pool.stats()["waiting"] == 1)
+        assert not pool.stats()["accepting"]
+        second.leave.set()  # the waiting client hangs up
+        await until(lambda: pool.stats()["waiting"] == 0, timeout=2)
+        await asyncio.wait_for(second.task, 2)
+        assert second.status == 400 and pool.stats()["accepting"]
+        third = AsgiClient(app, photo)  # takes the freed place
+        await until(lambda: pool.stats()["waiting"] == 1)
+        first.leave.set()  # the running client hangs up: its answer is dropped
+        await asyncio.wait_for(first.task, 2)
+        assert first.status == 400 and pool.stats()["busy"] == 1
+        blocking.release.set()
+        await asyncio.wait_for(third.task, 30)
+        assert third.status == 200
+        await until(lambda: pool.stats()["busy"] == 0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        blocking.release.set()
+        pool.close()
+    assert len(calls) == 2  # the first and the third: the withdrawn one never ran
+
+
+def test_disconnected_clients_free_the_queue_of_a_real_server(recognizer, photo):
+    """Through uvicorn: clients that close their connections while queued leave the queue."""
+    import http.client
+    import socket
+
+    import uvicorn
+
+    blocking = BlockingRecognizer(recognizer)
+    app = create_app(blocking, Settings(workers=1, queue=3, model_name="random"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    clients = []
+
+    def health() -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v1/health")
+        body = json.loads(conn.getresponse().read())
+        conn.close()
+        return body
+
+    def post() -> socket.socket:
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(photo) + photo)  # fmt: skip
+        clients.append(c)
+        return c
+
+    try:
+        wait_for(lambda: server.started)
+        post()
+        wait_for(lambda: health()["busy"] == 1)
+        leaving = [post() for _ in range(3)]
+        wait_for(lambda: health()["waiting"] == 3)
+        assert health()["accepting"] is False
+        for c in leaving:
+            c.close()
+        wait_for(lambda: health()["waiting"] == 0, timeout=3)
+        assert health()["accepting"] is True
+    finally:
+        blocking.release.set()
+        for c in clients:
+            c.close()
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
 # ---- other endpoints ----
 
 
@@ -439,7 +619,10 @@ def test_health(client):
     body = r.json()
     assert body["status"] == "ok" and body["model"] == "random"
     assert body["workers"] == 1 and body["queue_size"] == 8
+    assert body["accepting"] is True
     assert body["limits"] == {"max_upload_bytes": 10 * 1024 * 1024, "max_pixels": 50_000_000}
+    assert "JPEG" in body["accepts"]["formats"] and ".jpg" in body["accepts"]["extensions"]
+    assert {"image/jpeg", "application/octet-stream"} <= set(body["accepts"]["media_types"])
 
 
 def test_models(client):
@@ -450,15 +633,102 @@ def test_models(client):
     assert model["classes"] == CLASSES
     assert model["preprocessing"] == {"size": 48, "gray": True, "mean": 0.5, "std": 0.25}
     assert model["detector"] == "blazeface"
+    assert (model["backend"], model["device"]) == ("torch", "cpu")
 
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/v1/predict"]["post"]
-    assert {"multipart/form-data", "image/*"} <= set(predict["requestBody"]["content"])
+    content = set(predict["requestBody"]["content"])
+    # the concrete types the service takes, not a range it does not (HEIC, SVG get 415)
+    assert {"multipart/form-data", "image/jpeg", "image/png", "application/octet-stream"} <= content
+    assert not any("*" in media for media in content)
     assert {"200", "413", "415", "422", "503"} <= set(predict["responses"])
     assert "/v1/health" in spec["paths"] and "/v1/models" in spec["paths"]
+
+
+def test_every_listed_type_is_accepted_and_image_star_is_refused_as_documented(client, photo):
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    for media in content:
+        if media != "multipart/form-data":
+            r = client.post("/v1/predict", content=photo, headers={"Content-Type": media})
+            assert r.status_code == 200, (media, r.text)
+    err = assert_error(
+        client.post("/v1/predict", content=photo, headers={"Content-Type": "image/*"}),
+        415,
+        "unsupported_media_type",
+    )
+    # the message names types that work, not the range that was refused
+    assert "image/*" not in err["message"].replace("'image/*' is not accepted", "")
+    assert "image/jpeg" in err["message"] and "application/octet-stream" in err["message"]
+    assert "a JPEG, PNG" in err["message"]
+
+
+def test_format_names_take_the_right_article(client):
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, "ICO")
+    r = client.post(
+        "/v1/predict", content=ico.getvalue(), headers={"Content-Type": "application/octet-stream"}
+    )
+    message = assert_error(r, 415, "unsupported_media_type")["message"]
+    assert message.startswith("an ICO image is not accepted"), message
+    from ferkit.serve.app import _with_article
+
+    names = ("JPEG", "EPS", "SGI", "PNG", "XBM", "TGA")
+    assert [_with_article(n) for n in names] == ["a JPEG", "an EPS", "an SGI", "a PNG",
+                                                 "an XBM", "a TGA"]  # fmt: skip
+    assert _with_article("AVIF", "PNG", "GIF") == "an AVIF, PNG or GIF"
+
+
+def test_face_fields_are_documented(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    face = schemas["FaceOut"]["properties"]
+    assert set(face) == {"box", "label", "confidence", "scores", "landmarks",
+                         "detection_score", "detector"}  # fmt: skip
+    for name, prop in face.items():
+        assert len(prop.get("description", "")) > 20, name
+    assert "EXIF" in face["box"]["description"]
+    assert ("right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion"
+            in face["landmarks"]["description"])  # fmt: skip
+    assert "Haar" in face["detection_score"]["description"]
+    for model in ("PredictOut", "HealthOut"):
+        for name, prop in schemas[model]["properties"].items():
+            assert prop.get("description") or "$ref" in prop, (model, name)
+
+
+def test_answers_round_floats_and_name_the_detector(client, photo):
+    body = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"}).json()
+    (face,) = body["faces"]
+    assert face["detector"] == "blazeface"
+    numbers = [face["confidence"], face["detection_score"], *face["scores"].values(),
+               *(v for point in face["landmarks"] for v in point)]  # fmt: skip
+    assert all(n == round(n, 6) for n in numbers)
+    assert len(face["landmarks"]) == 6 and 0 < face["detection_score"] <= 1
+    assert face["confidence"] == face["scores"][face["label"]]
+    assert abs(sum(face["scores"].values()) - 1) < 1e-5
+
+
+def test_query_parameters_are_refused_not_ignored(client, photo):
+    r = client.post(
+        "/v1/predict?model=mba_cnn-ferplus&tta=flip",
+        content=photo,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    message = assert_error(r, 400, "unknown_parameter")["message"]
+    assert "'model'" in message and "'tta'" in message
+    assert "no per-request options" in message and "ferkit serve --model" in message
+
+
+def test_head_requests(client):
+    for path in ("/", "/v1/health", "/v1/models"):
+        r = client.head(path)
+        assert r.status_code == 200, path
+        assert r.content == b""
+    assert client.head("/").headers["content-type"].startswith("text/html")
+    spec = client.get("/openapi.json").json()
+    assert "head" not in spec["paths"]["/v1/health"]  # one documented operation per path
 
 
 def test_page_and_static_assets(client):
@@ -468,6 +738,8 @@ def test_page_and_static_assets(client):
     assert r.headers["x-content-type-options"] == "nosniff"
     html = r.text
     assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
+    # the schema works offline; /docs needs Swagger UI from a CDN
+    assert 'href="/openapi.json"' in html and 'href="/docs"' in html
     assert 'type="file"' in html and 'aria-live="polite"' in html and 'role="alert"' in html
     for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
         a = client.get(f"/static/{asset}")
@@ -549,30 +821,85 @@ def test_cli_defaults_and_options():
             parse(bad)
 
 
-def test_cli_loads_the_model_then_runs_uvicorn(checkpoint, monkeypatch, capsys):
+def fake_uvicorn(monkeypatch) -> dict:
+    """uvicorn.Server.run replaced: records the app and the sockets handed to it."""
     import uvicorn
 
-    seen = {}
+    seen: dict = {}
 
-    def fake_run(app, host, port, log_level):
-        seen.update(app=app, host=host, port=port)
-        with TestClient(app) as c:
+    def run(server, sockets=None):
+        (sock,) = sockets
+        seen.update(app=server.config.app, address=sock.getsockname())
+        with TestClient(server.config.app) as c:
             seen["health"] = c.get("/v1/health").json()
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
-    args = parse(["--model", str(checkpoint), "--device", "cpu", "--max-upload-mb", "1"])
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return seen
+
+
+def test_cli_loads_the_model_then_runs_uvicorn_on_the_port_it_announces(
+    checkpoint, monkeypatch, capsys
+):
+    seen = fake_uvicorn(monkeypatch)
+    args = parse(["--model", str(checkpoint), "--device", "cpu", "--max-upload-mb", "1",
+                  "--port", "0"])  # fmt: skip
     assert args.func(args) == 0
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000)
+    host, port = seen["address"]
+    assert host == "127.0.0.1" and port != 0  # port 0: the free port the socket got
     assert seen["health"]["model"] == "random"
     assert seen["health"]["limits"]["max_upload_bytes"] == 1024 * 1024
-    assert "http://127.0.0.1:8000/" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/" in err and ":0/" not in err
+
+
+def test_cli_ctrl_c_stops_without_a_traceback(checkpoint, monkeypatch):
+    import uvicorn
+
+    def interrupted(server, sockets=None):
+        raise KeyboardInterrupt  # what uvicorn raises again after its graceful shutdown
+
+    monkeypatch.setattr(uvicorn.Server, "run", interrupted)
+    args = parse(["--model", str(checkpoint), "--device", "cpu", "--port", "0"])
+    assert args.func(args) == 0
+
+
+def test_cli_fails_fast_when_the_port_is_taken(checkpoint, monkeypatch, capsys):
+    import socket
+
+    from ferkit.serve import app as serve_app
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the port is taken")
+
+    monkeypatch.setattr(serve_app, "create_app", must_not_load)
+    fake_uvicorn(monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = parse(["--model", str(checkpoint), "--device", "cpu", "--port", str(port)])
+        assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"ferkit: error: cannot listen on 127.0.0.1:{port} (address already in use)\n"
+
+
+def test_cli_device_the_machine_lacks_is_a_one_line_error(checkpoint, capsys):
+    import torch
+
+    from ferkit.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["serve", "--model", str(checkpoint), "--device", "cuda", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferkit: error: ") and err.count("\n") == 1, err
+    assert "cuda" in err and "Traceback" not in err
 
 
 def test_cli_warns_when_listening_beyond_this_machine(checkpoint, monkeypatch, capsys):
-    import uvicorn
-
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    args = parse(["--model", str(checkpoint), "--device", "cpu", "--host", "0.0.0.0"])
+    fake_uvicorn(monkeypatch)
+    args = parse(["--model", str(checkpoint), "--device", "cpu", "--host", "0.0.0.0",
+                  "--port", "0"])  # fmt: skip
     assert args.func(args) == 0
     assert "no authentication" in capsys.readouterr().err
 

@@ -91,20 +91,30 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def page(chromium, server):
+def browser(chromium):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server + "/")
-            expect(page.locator("#model-info")).to_contain_text("random", timeout=20_000)
-            page.js_errors = errors
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, server, **context_options):
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 900},
+                                     **context_options})  # fmt: skip
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server + "/")
+    expect(page.locator("#model-info")).to_contain_text("random", timeout=20_000)
+    page.js_errors = errors
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    return open_page(browser, server)
 
 
 def save_screenshot(page, tmp_path: Path, name: str) -> Path:
@@ -159,15 +169,51 @@ def test_upload_shows_boxes_labels_and_chart(page, tmp_path):
     assert page.js_errors == []
 
 
-def test_errors_are_shown(page, tmp_path):
-    page.set_input_files(
-        "#file", files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"garbage"}]
-    )
+def test_errors_are_shown_in_plain_words(page, tmp_path):
+    with page.expect_response("**/v1/predict") as answer:
+        page.set_input_files(
+            "#file", files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"garbage"}]
+        )
+    assert "not a readable image" in answer.value.json()["error"]["message"]  # the API's words
     page.wait_for_selector("#error", state="visible")
     text = page.inner_text("#error")
-    assert "corrupt_image" in text and "HTTP 422" in text and "not a readable image" in text
+    assert "corrupt_image" in text and "HTTP 422" in text
+    assert "This image could not be read" in text and "not a readable image" not in text
     assert page.inner_text("#summary") == "No result for this photo."
     save_screenshot(page, tmp_path, "serve-error.png")
+
+    # a file type the server does not read: the formats it does, not Content-Types
+    page.set_input_files(
+        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
+    )
+    expect(page.locator("#error")).to_contain_text("HTTP 415")
+    text = page.inner_text("#error")
+    assert "This file is not an image ferkit can read (JPEG, PNG" in text
+    assert "multipart" not in text and "Content-Type" not in text
+    assert page.js_errors == []
+
+
+def test_file_picker_offers_what_the_server_reads(page, server):
+    accepts = page.request.get(server + "/v1/health").json()["accepts"]
+    offered = page.get_attribute("#file", "accept").split(",")
+    assert ".jpg" in offered and "image/jpeg" in offered
+    assert "application/octet-stream" not in offered
+    assert set(offered) == {t for t in accepts["media_types"] if t.startswith("image/")} | set(
+        accepts["extensions"]
+    )
+    label = page.inner_text("label[for=file]")
+    assert all(name in label for name in accepts["formats"])
+
+
+@pytest.mark.parametrize("width", [320, 360, 375])
+def test_no_sideways_scrolling_on_phones(browser, server, width):
+    page = open_page(browser, server, viewport={"width": width, "height": 740})
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    assert page.evaluate(fits), page.evaluate("document.documentElement.scrollWidth")
+    with page.expect_response("**/v1/predict"):
+        page.set_input_files("#file", str(samples.path("astronaut")))
+    page.wait_for_selector("#faces figure.face")
+    assert page.evaluate(fits)  # with a result and its chart too
     assert page.js_errors == []
 
 

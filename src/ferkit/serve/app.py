@@ -2,11 +2,15 @@
 
 Endpoints: ``POST /v1/predict`` (an image as the multipart field ``file`` or as the raw
 request body), ``GET /v1/health``, ``GET /v1/models``, the web page at ``/`` (its assets
-under ``/static/``, no third-party resources) and FastAPI's OpenAPI docs at ``/docs``.
+under ``/static/``, no third-party resources), the OpenAPI schema at ``/openapi.json`` and
+FastAPI's docs pages at ``/docs`` and ``/redoc`` (these load Swagger UI / ReDoc from
+cdn.jsdelivr.net, so they stay blank for a browser that cannot reach it; ``/openapi.json``
+needs nothing else).
 
 Every error is JSON, ``{"error": {"code": ..., "message": ...}}``:
 
-* 400 ``bad_request`` / ``missing_file`` / ``empty_upload``: a malformed request;
+* 400 ``bad_request`` / ``missing_file`` / ``empty_upload`` / ``unknown_parameter``: a
+  malformed request (the service has no per-request options: any query parameter is one);
 * 413 ``upload_too_large``: the body exceeds ``max_upload_bytes``, refused while it is read
   (a declared ``Content-Length`` above the limit is refused before any of it is read);
 * 413 ``too_many_pixels``: the image header declares more than ``max_pixels`` pixels
@@ -15,6 +19,9 @@ Every error is JSON, ``{"error": {"code": ..., "message": ...}}``:
 * 422 ``corrupt_image``: not a readable image;
 * 503 ``busy`` (with ``Retry-After``): every inference worker is busy and the wait queue is
   full; the request did not run and may be retried.
+
+A request whose client disconnects while it waits for a worker is withdrawn from the queue
+(its slot frees at once); one that is already running finishes and its answer is dropped.
 
 Inference runs on a fixed number of worker threads fed by a bounded queue (`InferencePool`);
 the event loop only reads requests, checks headers and writes answers. The model loads once,
@@ -48,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..faces import FaceDetector
 from ..recognize import MAX_SIDE, ImageError, Recognizer, load_image
 from . import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE
 
@@ -74,8 +82,18 @@ _FORMAT_MIME = {
     "AVIF": ("image/avif",),
 }
 _FORMAT_NAMES = {"WEBP": "WebP"}
-ACCEPTED_IMAGE_TYPES = frozenset(m for f in ACCEPTED_FORMATS for m in _FORMAT_MIME[f])
-RAW_TYPES = ACCEPTED_IMAGE_TYPES | {"application/octet-stream"}
+# every accepted Content-Type, main type of each format first (OpenAPI lists them in order)
+ACCEPTED_IMAGE_TYPES = tuple(m for f in ACCEPTED_FORMATS for m in _FORMAT_MIME[f])
+RAW_TYPES = frozenset(ACCEPTED_IMAGE_TYPES) | {"application/octet-stream"}
+# what the 415 message suggests: one type per format (the aliases are accepted too)
+_MAIN_TYPES = tuple(_FORMAT_MIME[f][0] for f in ACCEPTED_FORMATS) + ("application/octet-stream",)
+# format names said with a vowel sound although spelled with a consonant ("an SGI image")
+_VOWEL_SOUND = frozenset({"FLI", "FTEX", "HDF5", "MPEG", "MPO", "MSP", "SGI", "XBM", "XPM",
+                          "XVTHUMB"})  # fmt: skip
+# the service's answers carry probabilities and pixel positions: more digits are noise
+DECIMALS = 6
+# how often a request waiting for its result checks that its client is still there
+DISCONNECT_POLL_S = 0.1
 
 
 @dataclass
@@ -91,7 +109,7 @@ class Settings:
     """
 
     model: str | None = None
-    detector: str = "blazeface"
+    detector: str | FaceDetector = "blazeface"
     device: str = "auto"
     backend: str = "torch"
     workers: int = 1
@@ -175,13 +193,27 @@ class InferencePool:
             self._ready.notify()
             return fut
 
-    def stats(self) -> dict[str, int]:
+    def cancel(self, fut: concurrent.futures.Future) -> bool:
+        """Withdraw a job whose client went away. A waiting job leaves the queue and its
+        slot frees at once; one a worker has taken but not started is skipped by it; one
+        already running finishes (nobody reads its result). True when it will not run."""
+        with self._lock:
+            queued = next((job for job in self._jobs if job[1] is fut), None)
+            if queued is not None:
+                self._jobs.remove(queued)
+                self._pending -= 1
+        # outside the lock: a Future runs its callbacks in the thread that cancels it
+        return fut.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        """Workers, queue size, busy and waiting jobs, and whether a new job is accepted."""
         with self._lock:
             return {
                 "workers": self.workers,
                 "queue_size": self.queue_size,
                 "busy": self._busy,
                 "waiting": self._pending - self._busy,
+                "accepting": not self._closed and self._pending < self.capacity,
             }
 
     def close(self, timeout: float = 5.0) -> None:
@@ -205,7 +237,9 @@ class InferencePool:
                     return
                 fn, fut = self._jobs.popleft()
                 self._busy += 1
-            run = fut.set_running_or_notify_cancel()  # False: the client went away
+            # False: the client went away between this worker taking the job and starting
+            # it (`cancel`); waiting jobs of vanished clients never reach a worker
+            run = fut.set_running_or_notify_cancel()
             result = error = None
             try:
                 if run:
@@ -304,14 +338,24 @@ async def read_limited(request: Request, limit: int, shown_limit: int | None = N
     return b"".join(chunks)
 
 
+def _with_article(name: str, *more: str) -> str:
+    """The names after the article ``name`` takes as it is said: "a JPEG", "an ICO",
+    "an SGI", "a JPEG, PNG or GIF"."""
+    vowel = name[:1].upper() in "AEIOU" or name.upper() in _VOWEL_SOUND
+    return f"{'an' if vowel else 'a'} {_one_of([name, *more])}"
+
+
+def _one_of(items: Sequence[str]) -> str:
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else items[0]
+
+
 def _unsupported_type(what: str) -> ApiError:
     names = [_FORMAT_NAMES.get(f, f) for f in ACCEPTED_FORMATS if f != "MPO"]
-    kinds = ", ".join(names[:-1]) + " or " + names[-1]
     return ApiError(
         415,
         "unsupported_media_type",
-        f"{what} is not accepted; send a {kinds} image as the multipart field 'file' or as "
-        "the request body with an image/* or application/octet-stream Content-Type",
+        f"{what} is not accepted; send {_with_article(*names)} image as the multipart "
+        f"field 'file' or as the request body with the Content-Type {_one_of(_MAIN_TYPES)}",
     )
 
 
@@ -343,7 +387,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     if media in RAW_TYPES:
         return await read_limited(request, max_bytes), media
     if media.startswith("image/"):
-        raise _unsupported_type(f"{media!r}")
+        raise _unsupported_type(f"Content-Type {media!r}")
     raise _unsupported_type(f"Content-Type {media!r}" if media else "a body without Content-Type")
 
 
@@ -360,7 +404,7 @@ def check_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     except UnidentifiedImageError:
         other = _identify(data)
         if other:
-            raise _unsupported_type(f"a {other} image") from None
+            raise _unsupported_type(f"{_with_article(other)} image") from None
         raise ApiError(
             422, "corrupt_image", "the upload is not a readable image (unknown or damaged data)"
         ) from None
@@ -391,8 +435,13 @@ def _identify(data: bytes) -> str | None:
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(examples=["too_many_pixels"])
-    message: str
+    code: str = Field(
+        description="machine-readable: bad_request, missing_file, empty_upload, "
+        "unknown_parameter, upload_too_large, too_many_pixels, unsupported_media_type, "
+        "corrupt_image, busy, not_found, method_not_allowed, invalid_request, internal_error",
+        examples=["too_many_pixels"],
+    )
+    message: str = Field(description="what went wrong and what to send instead, in English")
 
 
 class ErrorOut(BaseModel):
@@ -400,22 +449,46 @@ class ErrorOut(BaseModel):
 
 
 class FaceOut(BaseModel):
-    box: list[int] = Field(description="[x, y, width, height] in pixels of the image")
-    label: str
-    confidence: float
-    scores: dict[str, float]
-    landmarks: list[list[float]] | None = None
-    detection_score: float | None = None
+    box: list[int] = Field(
+        description="[x, y, width, height] in pixels of the uploaded image as shown, i.e. after "
+        "its EXIF orientation is applied; (x, y) is the top-left corner"
+    )
+    label: str = Field(description="the most probable expression (a class of the model)")
+    confidence: float = Field(description="the probability of `label`, 0..1")
+    scores: dict[str, float] = Field(
+        description="every class of the model -> its probability (0..1; they sum to 1), in "
+        "the model's class order"
+    )
+    landmarks: list[list[float]] | None = Field(
+        default=None,
+        description="BlazeFace's 6 keypoints as [x, y] in pixels of the image, in this order: "
+        "right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion "
+        "(right and left of the person in the photo); null for faces the Haar cascade found",
+    )
+    detection_score: float | None = Field(
+        default=None,
+        description="the face detector's confidence, on the detector's own scale, so it is "
+        "comparable only between faces of one detector: for BlazeFace a probability 0..1, for "
+        "the Haar cascade the number of merged neighbour windows (an integer, at least 5 with "
+        "the default options); null for the detector 'none'",
+    )
+    detector: str | None = Field(
+        default=None,
+        description="the face detector of the service (`ferkit serve --detector`): "
+        "'blazeface', 'haar', 'none' or 'blazeface+haar'. With 'blazeface+haar' the Haar "
+        "cascade searches only photos where BlazeFace finds no face: a face with landmarks "
+        "was found by BlazeFace, one without by the Haar cascade",
+    )
 
 
 class ImageSize(BaseModel):
-    width: int
-    height: int
+    width: int = Field(description="pixels, after the EXIF orientation is applied")
+    height: int = Field(description="pixels, after the EXIF orientation is applied")
 
 
 class PredictOut(BaseModel):
-    faces: list[FaceOut]
-    model: str
+    faces: list[FaceOut] = Field(description="the faces found, left to right; [] for none")
+    model: str = Field(description="the name of the model that classified the faces")
     timing_ms: dict[str, float] = Field(
         description="queue (waiting for a worker), decode, inference (detection and "
         "classification) and total (from the first byte read to the answer)"
@@ -423,23 +496,42 @@ class PredictOut(BaseModel):
     image: ImageSize
 
 
+class AcceptsOut(BaseModel):
+    formats: list[str] = Field(description="image formats read, e.g. JPEG, PNG")
+    media_types: list[str] = Field(
+        description="Content-Types accepted for a raw request body or a multipart part "
+        "(the bytes decide the format)"
+    )
+    extensions: list[str] = Field(description="file name extensions of these formats")
+
+
 class HealthOut(BaseModel):
-    status: str
-    version: str
-    model: str
-    workers: int
-    queue_size: int
-    busy: int
-    waiting: int
-    limits: dict[str, int]
+    status: str = Field(description="'ok' while the service runs")
+    version: str = Field(description="the ferkit version")
+    model: str = Field(description="the name of the loaded model")
+    workers: int = Field(description="inference threads")
+    queue_size: int = Field(description="requests that may wait for a worker")
+    busy: int = Field(description="workers running a request now")
+    waiting: int = Field(description="requests waiting for a worker now")
+    accepting: bool = Field(
+        description="false while every worker is busy and the queue is full: a prediction "
+        "request now gets 503"
+    )
+    limits: dict[str, int] = Field(
+        description="max_upload_bytes (larger uploads get 413) and max_pixels (larger images "
+        "get 413)"
+    )
+    accepts: AcceptsOut
 
 
 class ModelOut(BaseModel):
     name: str
     architecture: str | None
-    classes: list[str]
+    classes: list[str] = Field(description="the expressions, in the model's order")
     preprocessing: dict[str, Any]
-    detector: str | None
+    detector: str | None = Field(description="the face detector (`ferkit serve --detector`)")
+    backend: str | None = Field(description="'torch' (PyTorch) or 'onnx' (onnxruntime)")
+    device: str | None = Field(description="where the model runs, e.g. 'cpu' or 'cuda'")
     default: bool
 
 
@@ -458,6 +550,8 @@ def _errors(*codes: int) -> dict:
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# the concrete types read_upload takes (not "image/*": HEIC or SVG, say, get 415)
 _PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -469,11 +563,96 @@ _PREDICT_BODY = {
                     "required": ["file"],
                 }
             },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            **{media: _BINARY for media in ACCEPTED_IMAGE_TYPES},
+            "application/octet-stream": _BINARY,
         },
     }
 }
+
+ACCEPTS = {
+    "formats": [_FORMAT_NAMES.get(f, f) for f in ACCEPTED_FORMATS if f != "MPO"],
+    "media_types": [*ACCEPTED_IMAGE_TYPES, "application/octet-stream"],
+    "extensions": sorted(e for e, f in Image.registered_extensions().items()
+                         if f in ACCEPTED_FORMATS),
+}  # fmt: skip
+
+
+# ---- answering ----
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let PIL open images up to ``max_pixels``: past ``2 * Image.MAX_IMAGE_PIXELS`` it
+    refuses them as decompression bombs, whatever the service's own limit. Raising it is
+    safe here: `check_header` applies ``max_pixels`` before anything is decoded."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _refuse_query(request: Request) -> None:
+    """400 for query parameters: none has a meaning, and ignoring one (``?model=...``)
+    would answer from another model than the client asked for without a word."""
+    names = sorted(set(request.query_params.keys()))
+    if names:
+        listed = ", ".join(repr(n) for n in names)
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown query parameter{'s' if len(names) > 1 else ''} {listed}: the service has "
+            "no per-request options (the model, the face detector and the limits are chosen "
+            "when the service starts: ferkit serve --model ... --detector ...)",
+        )
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), DECIMALS)
+
+
+def _face_json(face: dict, detector: str | None) -> dict:
+    """A face of the answer: floats to `DECIMALS` places and the detector's name."""
+    landmarks = face.get("landmarks")
+    return {
+        **face,
+        "confidence": _round(face["confidence"]),
+        "scores": {k: _round(v) for k, v in face["scores"].items()},
+        "landmarks": None if landmarks is None else [[_round(v) for v in p] for p in landmarks],
+        "detection_score": _round(face.get("detection_score")),
+        "detector": detector,
+    }
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def _result_unless_gone(
+    request: Request, pool: InferencePool, fut: concurrent.futures.Future
+) -> Any:
+    """The job's result, awaited while watching the client: when it disconnects first, the
+    job is withdrawn from the pool (a waiting job frees its slot at once) and the request
+    ends with a 400 nobody reads. Without this, clients that gave up would hold the queue
+    while new requests wait behind them or get 503."""
+    job = asyncio.wrap_future(fut)
+    watch = asyncio.ensure_future(_client_gone(request))
+
+    def withdraw() -> None:
+        pool.cancel(fut)
+        job.cancel()  # a running job's result is dropped when it comes
+
+    try:
+        await asyncio.wait((job, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping: the job is not wanted either
+        withdraw()
+        raise
+    finally:
+        watch.cancel()
+    if job.done():
+        return job.result()
+    watch.result()  # an error of the watch itself is raised, not taken for a disconnect
+    withdraw()
+    log.info("client disconnected before its answer; job withdrawn")
+    raise ApiError(400, "bad_request", "the client closed the connection")
 
 
 # ---- the application ----
@@ -542,16 +721,20 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
             device=settings.device,
             backend=settings.backend,
         )
+    _allow_pixels(settings.max_pixels)
     meta = dict(getattr(recognizer, "meta", {}) or {})
     name = _model_name(settings, meta)
     max_side = int(getattr(recognizer, "max_side", MAX_SIDE))
     detector = getattr(getattr(recognizer, "detector", None), "name", None) or None
+    device = getattr(recognizer, "device", None)
     model_info = {
         "name": name,
         "architecture": meta.get("model"),
         "classes": [str(c) for c in recognizer.class_names],
         "preprocessing": dict(meta.get("preprocessing", {})),
         "detector": detector,
+        "backend": getattr(recognizer, "backend", None),
+        "device": None if device is None else str(device),
         "default": True,
     }
     pool = InferencePool(_worker_recognizers(recognizer, settings.workers), settings.queue)
@@ -613,8 +796,11 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
     )
     async def predict(request: Request):
         """Send one image: as the multipart field ``file``, or as the raw request body with
-        an ``image/*`` or ``application/octet-stream`` Content-Type."""
+        its image type (e.g. ``image/jpeg``) or ``application/octet-stream`` as the
+        Content-Type. There are no query parameters: the model, the face detector and the
+        limits are chosen when the service starts (``ferkit serve --model ...``)."""
         t_start = time.perf_counter()
+        _refuse_query(request)
         data, _ = await read_upload(request, settings.max_upload_bytes)
         check_header(data, settings.max_pixels)
         t_queued = time.perf_counter()
@@ -627,7 +813,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
             t2 = time.perf_counter()
             h, w = loaded.pixels.shape[:2]
             return {
-                "faces": [f.to_dict() for f in faces],
+                "faces": [_face_json(f.to_dict(), detector) for f in faces],
                 "size": (round(w * loaded.scale[0]), round(h * loaded.scale[1])),
                 "queue_ms": (t0 - t_queued) * 1000,
                 "decode_ms": (t1 - t0) * 1000,
@@ -643,7 +829,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
                 {"Retry-After": str(settings.retry_after_s)},
             )
         try:
-            result = await asyncio.wrap_future(fut)
+            result = await _result_unless_gone(request, pool, fut)
         except ImageError as exc:
             message = str(exc).removeprefix("<stream>: ")
             if "too large" in message:
@@ -672,6 +858,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels,
             },
+            "accepts": ACCEPTS,
         }
 
     @app.get("/v1/models", response_model=ModelsOut, summary="The loaded model")
@@ -681,6 +868,10 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    # HEAD too (monitors and `curl -I` use it), outside the schema: the same operations
+    for path, endpoint in (("/v1/health", health), ("/v1/models", models), ("/", index)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

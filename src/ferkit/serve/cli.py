@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 
 from ..argtypes import number, whole_number
-from ..predict_cli import add_recognizer_arguments
+from ..predict_cli import add_recognizer_arguments, detector_from_args
 from . import (
     DEFAULT_HOST,
     DEFAULT_MAX_PIXELS,
@@ -24,10 +26,11 @@ def add_parsers(subparsers) -> None:
         "serve",
         help="REST service and web page for photos and webcams",
         description="Serve the recognizer over HTTP: POST /v1/predict (JSON), GET /v1/health, "
-        "GET /v1/models, OpenAPI docs at /docs and a web page at / (upload, drag-and-drop or "
-        "webcam). The model loads once at start-up; inference runs on --workers threads with "
-        "at most --queue requests waiting (more get 503 with Retry-After). "
-        "Needs: pip install 'ferkit[serve]'.",
+        "GET /v1/models, the OpenAPI schema at /openapi.json (docs pages at /docs and /redoc, "
+        "which load their scripts from cdn.jsdelivr.net) and a web page at / (upload, "
+        "drag-and-drop or webcam; works offline). The port is taken first, then the model "
+        "loads once; inference runs on --workers threads with at most --queue requests "
+        "waiting (more get 503 with Retry-After). Needs: pip install 'ferkit[serve]'.",
     )
     p.add_argument(
         "--host",
@@ -39,7 +42,7 @@ def add_parsers(subparsers) -> None:
         "--port",
         type=whole_number(0, 65535),
         default=DEFAULT_PORT,
-        help=f"TCP port (default: {DEFAULT_PORT})",
+        help=f"TCP port (default: {DEFAULT_PORT}; 0: any free port, printed at start-up)",
     )
     p.add_argument(
         "--workers",
@@ -96,17 +99,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _share_cpu_threads(workers: int) -> None:
-    """Divide PyTorch's intra-op threads between the inference workers."""
-    if workers <= 1:
+def _share_cpu_threads(workers: int, threads: int | None = None) -> None:
+    """Give each inference worker ``threads`` of PyTorch's intra-op threads (default: the
+    cores divided between the workers)."""
+    if workers <= 1 and threads is None:
         return
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // workers))
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, (cores or 1) // workers)
+    torch.set_num_threads(threads)
+
+
+def _shown_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: a free port), for uvicorn to listen on.
+
+    Bound before the model loads, so that a port in use fails at once with a clear message
+    (not after the model has loaded, in uvicorn's log) and port 0 can be announced as the
+    port it became. OSError, with that message, when the address cannot be had."""
+    where = f"{_shown_host(host)}:{port}"
+    # the address family as uvicorn picks it for --host: IPv6 for an address with a colon
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":  # as uvicorn does: a restart need not wait for TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # listening already holds the port; connections made while the model loads wait
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise OSError(f"cannot listen on {where} ({reason or exc})") from None
+    return sock
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Take the port, load the model, announce the address and run uvicorn. Start-up errors
+    (a device this machine lacks, a missing checkpoint) propagate as they are:
+    ``ferkit.cli.main`` reports them as one ``ferkit: error:`` line."""
     try:
         import uvicorn
 
@@ -118,30 +153,42 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = Settings(
-        model=args.model,
-        detector=args.detector,
-        device=args.device,
-        backend=args.backend,
-        workers=args.workers,
-        queue=args.queue,
-        max_upload_bytes=int(args.max_upload_mb * MB),
-        max_pixels=args.max_pixels,
-        cors_origins=tuple(args.cors_origins),
-    )
-    _share_cpu_threads(args.workers)
-    app = create_app(settings=settings)  # loads the model now, before listening
-    if not _is_loopback(args.host):
+    try:
+        sock = listen_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"ferkit: error: {exc}", file=sys.stderr)
+        return 2
+    with sock:  # closed however the start-up or the service ends
+        settings = Settings(
+            model=args.model,
+            detector=detector_from_args(args),
+            device=args.device,
+            backend=args.backend,
+            workers=args.workers,
+            queue=args.queue,
+            max_upload_bytes=int(args.max_upload_mb * MB),
+            max_pixels=args.max_pixels,
+            cors_origins=tuple(args.cors_origins),
+        )
+        _share_cpu_threads(args.workers, args.threads)
+        app = create_app(settings=settings)  # loads the model now, before listening
+        if not _is_loopback(args.host):
+            print(
+                f"ferkit: warning: listening on {args.host}: anyone who can reach this machine "
+                "can use the service (it has no authentication)",
+                file=sys.stderr,
+            )
+        port = sock.getsockname()[1]  # the real one when --port is 0
         print(
-            f"ferkit: warning: listening on {args.host}: anyone who can reach this machine can "
-            "use the service (it has no authentication)",
+            f"ferkit serve: model {app.state.model_name} on "
+            f"http://{_shown_host(args.host)}:{port}/ ({args.workers} worker(s), queue "
+            f"{args.queue}); Ctrl+C stops",
             file=sys.stderr,
         )
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"ferkit serve: model {app.state.model_name} on http://{shown}:{args.port}/ "
-        f"({args.workers} worker(s), queue {args.queue}); Ctrl+C stops",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        # uvicorn listens on the bound socket (host and port only name it in its log)
+        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C once it has shut down
+            pass
     return 0

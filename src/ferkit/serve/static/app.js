@@ -15,11 +15,13 @@
     file: $("file"), camera: $("camera"), rate: $("rate"), status: $("status"),
     error: $("error"), errorMessage: $("error-message"), errorCode: $("error-code"),
     drop: $("drop"), canvas: $("canvas"), video: $("video"), summary: $("summary"),
-    faces: $("faces"), timing: $("timing"), modelInfo: $("model-info"),
+    faces: $("faces"), timing: $("timing"), modelInfo: $("model-info"), formats: $("formats"),
   };
   const state = {
     classes: [],
     maxUpload: 10 * 1024 * 1024,
+    maxPixels: 50000000,
+    formats: el.formats.textContent, // "JPEG, PNG, ... or AVIF", from the server once known
     stream: null, // the webcam's MediaStream while it runs
     timer: null,
     inFlight: false, // at most one webcam request at a time
@@ -29,6 +31,8 @@
 
   const pct = (x) => `${(100 * x).toFixed(1)}%`;
   const mb = (n) => `${(n / (1024 * 1024)).toFixed(1)} MB`;
+  const megapixels = (n) => `${+(n / 1e6).toFixed(1)} megapixels`;
+  const oneOf = (items) => (items.length > 1 ? `${items.slice(0, -1).join(", ")} or ${items[items.length - 1]}` : items.join(""));
 
   function colourOf(label) {
     const i = state.classes.indexOf(label);
@@ -39,8 +43,29 @@
     el.status.textContent = text;
   }
 
+  // What a page user reads for an error of the service: its own messages are for
+  // programmers (multipart fields, Content-Types); the code stays beside it.
+  function plainMessage(err, httpStatus) {
+    switch (err.code) {
+      case "unsupported_media_type":
+        return `This file is not an image ferkit can read (${state.formats}).`;
+      case "corrupt_image":
+        return "This image could not be read: the file is damaged, incomplete or not an image.";
+      case "upload_too_large":
+        return `This file is too large: the limit is ${mb(state.maxUpload)}.`;
+      case "too_many_pixels":
+        return `This picture has too many pixels: the limit is ${megapixels(state.maxPixels)}. Try a smaller copy.`;
+      case "busy":
+        return "The server is busy with other pictures. Try again in a moment.";
+      default:
+        if (httpStatus === 415) return `This file is not an image ferkit can read (${state.formats}).`;
+        if (httpStatus === 413) return "This file is too large for the server.";
+        return err.message || "Something went wrong.";
+    }
+  }
+
   function showError(err, httpStatus) {
-    el.errorMessage.textContent = err.message || "Something went wrong.";
+    el.errorMessage.textContent = plainMessage(err, httpStatus);
     el.errorCode.textContent = `(${err.code || "error"}${httpStatus ? `, HTTP ${httpStatus}` : ""})`;
     el.error.hidden = false;
   }
@@ -83,6 +108,14 @@
       const m = models.models[0];
       state.classes = m.classes;
       state.maxUpload = health.limits.max_upload_bytes;
+      state.maxPixels = health.limits.max_pixels;
+      if (health.accepts) {
+        // the file picker offers what this server reads (its Pillow may lack AVIF, say)
+        state.formats = oneOf(health.accepts.formats);
+        el.formats.textContent = state.formats;
+        const images = health.accepts.media_types.filter((t) => t.startsWith("image/"));
+        el.file.accept = [...images, ...health.accepts.extensions].join(",");
+      }
       const arch = m.architecture ? ` (${m.architecture})` : "";
       el.modelInfo.textContent =
         `Model ${m.name}${arch}, expressions: ${m.classes.join(", ")}. ` +
