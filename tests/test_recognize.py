@@ -321,9 +321,13 @@ def test_unreadable_files_raise_image_error_naming_the_file(recognizer, tmp_path
         content = data[: len(data) // 2]
     path = tmp_path / "broken.jpg"
     path.write_bytes(content)
-    with pytest.raises(ImageError, match="broken.jpg"):
+    with pytest.raises(ImageError, match="broken.jpg") as caught:
         recognizer.predict(path)
     assert issubclass(ImageError, ValueError)
+    if content == b"":
+        assert "empty file (0 bytes)" in str(caught.value)
+    elif content == b"not an image at all":
+        assert "not an image PIL can read (expected JPEG, PNG" in str(caught.value)
 
 
 def test_missing_file_and_bad_array(recognizer, tmp_path):

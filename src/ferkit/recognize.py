@@ -199,15 +199,27 @@ def load_image(
             if isinstance(source, (str, os.PathLike))
             else getattr(source, "name", "<stream>")
         )
-        if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-            raise FileNotFoundError(f"{name}: no such file")
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.exists():
+                raise FileNotFoundError(f"{name}: no such file")
+            if path.is_dir():
+                raise ImageError(f"{name}: a folder, not an image file")
+            if path.stat().st_size == 0:
+                raise ImageError(f"{name}: empty file (0 bytes), not an image")
         try:
             with Image.open(source, formats=formats) as img:
                 pixels, full = _from_pil(img, max_side, owned=True)
         except Image.DecompressionBombError as exc:
             raise ImageError(
-                f"{name}: image too large ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS to accept it"
+                f"{name}: image too large ({exc}); shrink it first, or from Python raise "
+                "PIL.Image.MAX_IMAGE_PIXELS to accept it"
             ) from exc
+        except Image.UnidentifiedImageError:
+            raise ImageError(
+                f"{name}: not an image PIL can read (expected JPEG, PNG, BMP, GIF, TIFF, WebP "
+                "or another format PIL knows)"
+            ) from None
         except Exception as exc:  # PIL raises many types for malformed files
             raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})") from exc
     else:
