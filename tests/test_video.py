@@ -294,6 +294,10 @@ def test_cli_outputs_that_cannot_be_files_fail_before_any_work(video, checkpoint
         with pytest.raises(ValueError, match=words):
             cli("video", str(video), *args, *base)
     assert not (tmp_path / "ok.mp4").exists()  # no stub left behind
+    photo = tmp_path / "photo.JPG"
+    photo.write_bytes(b"")
+    with pytest.raises(ValueError, match="ferkit predict"):
+        cli("video", str(photo), *base)
 
 
 def test_cli_every_writes_every_frame_of_the_video(video, checkpoint, tmp_path, capsys):

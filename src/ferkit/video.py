@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .argtypes import number, whole_number
+from .data.faceset import IMAGE_EXTENSIONS
 from .faces import _import_cv2
 from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import _PALETTE, Face, Recognizer
@@ -489,6 +490,10 @@ class _CsvOut:
 
 
 def run_video(args: argparse.Namespace) -> int:
+    if Path(args.input).suffix.lower() in IMAGE_EXTENSIONS - {".gif", ".webp"}:
+        # OpenCV would read a photo as a one-frame video (GIF and WebP may be animations)
+        raise ValueError(f"{args.input}: a photo, not a video; use `ferkit predict "
+                         f"{args.input}` for photos")
     if args.out and _same_file(args.out, args.input):
         raise ValueError(f"{args.out}: --out would overwrite the input video")
     if args.out:
