@@ -80,6 +80,7 @@ def test_fer2013_csv_plain_and_compressed(icml, tmp_path, suffix):
     assert faces.index.tolist() == list(range(6))
     assert faces.info["layout"] == "fer2013-csv"
     assert faces.info["canonical"] is False  # synthetic, so not the ICML file's md5
+    assert faces.icml_rows  # FER+ joins on its index
     # the folder holding it reads the same
     from_folder = load(tmp_path)
     assert_rows(from_folder, images)
@@ -100,6 +101,7 @@ def test_icml_face_data_csv(tmp_path, make_images, write_csv):
     faces = load(tmp_path)
     assert_rows(faces, images)
     assert faces.info["layout"] == "icml_face_data-csv"
+    assert faces.icml_rows
 
 
 def test_kaggle_train_and_test_csv(tmp_path, make_images, write_csv):
@@ -119,6 +121,7 @@ def test_kaggle_train_and_test_csv(tmp_path, make_images, write_csv):
     assert faces.labels.tolist() == [0, 1, 2, 6] + [-1] * 6
     assert faces.splits.tolist() == ["Training"] * 4 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
     assert faces.index.tolist() == list(range(10))  # the ICML row numbers, for FER+
+    assert faces.icml_rows and faces.info["file_rows"] == 10
     assert faces.info["layout"] == "kaggle-train-test-csv"
     assert "first 3 rows are taken as PublicTest" in faces.info["split_assumption"]
     assert faces.info["canonical"] is None
@@ -215,9 +218,10 @@ def test_generic_class_folders_aliases_and_modes(tmp_path, make_images):
     assert "all" in warn_if_resplit(faces, "all", quiet=True)
 
 
-def test_unknown_class_folder(tmp_path, make_images):
-    save_png(tmp_path / "happy/1.png", make_images(1)[0])
-    save_png(tmp_path / "smiling/1.png", make_images(1)[0])
+def test_unknown_class_folder_in_split_folders(tmp_path, make_images):
+    save_png(tmp_path / "train/happy/1.png", make_images(1)[0])
+    save_png(tmp_path / "train/smiling/1.png", make_images(1)[0])
+    save_png(tmp_path / "test/happy/PublicTest_1.png", make_images(1)[0])
     with pytest.raises(DataError, match=r"unknown class folder.*'smiling'.*angry \(anger\)"):
         load(tmp_path)
 
@@ -247,12 +251,66 @@ def test_unreadable_images(tmp_path, make_images, capsys):
         (lambda p: (p / "happy").mkdir(), "no images"),
         (lambda p: (p / "readme.md").write_text("hi"), "no FER2013 data found"),
         (lambda p: (p / "train").mkdir(), "no test/ or validation/"),
+        (lambda p: (p / "images").mkdir(), r"one folder 'images'.*two or more classes"),
+        (lambda p: [(p / n).mkdir() for n in ("test", "validation")], "but no train/"),
     ],
 )
 def test_folder_without_data(tmp_path, setup, message):
     setup(tmp_path)
     with pytest.raises(DataError, match=message):
         load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "names", [["calm", "contempt", "happy"], ["Zebra", "angry", "calm", "sad"], ["a", "b"]]
+)
+def test_class_folders_own_classes(tmp_path, make_images, capsys, names):
+    imgs = make_images(2 * len(names))
+    for i, name in enumerate(names[::-1]):  # the order they are made in does not matter
+        save_png(tmp_path / name / f"{i}.png", imgs[2 * i])
+        save_png(tmp_path / name / f"{i}b.png", imgs[2 * i + 1])
+    for _ in range(2):  # the note comes on a cache hit too, once a load
+        faces = load(tmp_path)
+        assert faces.class_names == tuple(sorted(names))  # as torchvision's ImageFolder
+        assert faces.labels.tolist() == [k for k in range(len(names)) for _ in range(2)]
+        assert set(faces.splits.tolist()) == {"all"}
+        err = capsys.readouterr().err
+        assert err.count("ferkit: note:") == 1 and "not FER2013 classes" in err
+        assert str(sorted(names)) in err
+    for i, name in enumerate(names[::-1]):
+        row = sorted(names).index(name) * 2
+        np.testing.assert_array_equal(faces.images[row : row + 2], imgs[2 * i : 2 * i + 2])
+    assert check_report(faces)["class_names"] == sorted(names)
+
+
+def test_class_folders_all_fer2013_keep_the_fer2013_classes(tmp_path, make_images, capsys):
+    imgs = make_images(3)
+    for i, name in enumerate(["sadness", "Happy", "surprise"]):  # aliases and case too
+        save_png(tmp_path / name / f"{i}.png", imgs[i])
+    faces = load(tmp_path)
+    assert faces.class_names == FER2013_CLASSES  # all 7, so the shipped weights' head fits
+    assert faces.labels.tolist() == [3, 4, 5]
+    assert capsys.readouterr().err == ""
+
+
+def test_ignored_files_are_reported(tmp_path, make_images, capsys):
+    imgs = make_images(2)
+    save_png(tmp_path / "train/happy/Training_1.png", imgs[0])
+    save_png(tmp_path / "test/sad/PublicTest_2.png", imgs[1])
+    junk = ["train/happy/a.txt", "train/happy/b.csv", "test/sad/c.json", "test/sad/d.md"]
+    for name in junk:
+        (tmp_path / name).write_text("not an image")
+    (tmp_path / "train/happy/.DS_Store").write_text("hidden files are not reported")
+    for _ in range(2):  # also from the cache
+        faces = load(tmp_path)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1  # one line for all four
+        assert "ignored 4 non-image file(s)" in err and ", ..." in err
+        assert str(tmp_path / junk[2]) in err and "DS_Store" not in err
+    report = check_report(faces)
+    assert report["ignored_files"] == 4
+    assert sorted(report["examples"]["ignored_files"]) == sorted(str(tmp_path / j) for j in junk)
+    assert "non-image files ignored: 4" in format_check(report)
 
 
 # ---- pack and cache ----
@@ -548,6 +606,15 @@ FERPLUS_CASES = [  # votes, expected label (-1: dropped)
 ]
 
 
+def icml_rows_faces(images: np.ndarray, usage: list[str]) -> FaceSet:
+    """A FaceSet as a reader of the ICML file gives it: rows 0..N-1, ``icml_rows``."""
+    n = len(images)
+    return FaceSet(
+        images=images, labels=np.zeros(n), splits=np.array(usage), index=np.arange(n),
+        info={"icml_rows": True},
+    )
+
+
 def test_ferplus_majority_rule(tmp_path, make_images, write_csv):
     votes = np.array([v for v, _ in FERPLUS_CASES], dtype=np.float32)
     expected = [lab for _, lab in FERPLUS_CASES]
@@ -556,7 +623,7 @@ def test_ferplus_majority_rule(tmp_path, make_images, write_csv):
 
     n = len(FERPLUS_CASES)
     usage = (["Training"] * 6 + ["PublicTest"] * 2 + ["PrivateTest"] * 2)[:n]
-    faces = FaceSet(images=make_images(n), labels=np.zeros(n), splits=np.array(usage))
+    faces = icml_rows_faces(make_images(n), usage)
     header = "Usage,Image name," + ",".join(VOTE_COLUMNS)
     rows = [
         [u, f"fer{i:07d}.png", *v]
@@ -586,7 +653,7 @@ def test_ferplus_majority_rule(tmp_path, make_images, write_csv):
 
 def test_ferplus_votes_gzipped(tmp_path, make_images, write_csv, icml):
     usage = ["Training"] * 3
-    faces = FaceSet(images=make_images(3), labels=np.zeros(3), splits=np.array(usage))
+    faces = icml_rows_faces(make_images(3), usage)
     header = "Usage,Image name," + ",".join(VOTE_COLUMNS)
     rows = [[u, f"fer{i:07d}.png", *([0] * i + [10] + [0] * (9 - i))] for i, u in enumerate(usage)]
     data = tmp_path / "data"
@@ -607,6 +674,123 @@ def test_ferplus_votes_gzipped(tmp_path, make_images, write_csv, icml):
     (data / "bad.csv.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match=r"bad\.csv\.gz: cannot read FER\+ votes"):
         load_ferplus(faces, data / "bad.csv.gz")
+
+
+SHUFFLED_LABELS = [6, 0, 3, 5, 2, 1]  # not in class order within a split, as in FER2013
+
+
+def write_votes(write_csv, path: Path, usage: list[str], votes: list[list[int]]) -> Path:
+    header = "Usage,Image name," + ",".join(VOTE_COLUMNS)
+    rows = [[u, f"fer{i:07d}.png", *v] for i, (u, v) in enumerate(zip(usage, votes, strict=True))]
+    return write_csv(path, header, rows)
+
+
+@pytest.fixture
+def icml_and_folders(tmp_path, make_images, write_csv):
+    """The same 6 images as an ICML CSV, as train/ + test/ image folders, and FER+ votes
+    giving row i the FER+ class i; returns (csv, folders, votes)."""
+    images = make_images(6)
+    rows = [[lab, img, u] for lab, img, u in zip(SHUFFLED_LABELS, images, USAGES, strict=True)]
+    csv = write_csv(tmp_path / "csv/fer2013.csv", "emotion,pixels,Usage", rows)
+    folders = tmp_path / "folders"
+    for i, (lab, img, use) in enumerate(zip(SHUFFLED_LABELS, images, USAGES, strict=True)):
+        top = "train" if use == "Training" else "test"
+        save_png(folders / top / FER2013_CLASSES[lab] / f"{use}_{i}.png", img)
+    votes = [[10 if k == i else 0 for k in range(len(VOTE_COLUMNS))] for i in range(6)]
+    return csv, folders, write_votes(write_csv, tmp_path / "fer2013new.csv", USAGES, votes)
+
+
+def test_ferplus_refused_where_rows_are_not_icml(icml_and_folders, tmp_path):
+    csv, folders, votes = icml_and_folders
+    assert load_ferplus(load(csv), votes).labels.tolist() == [0, 1, 2, 3, 4, 5]
+    # The folder copy has the same split sizes, so the Usage check alone passed, and its rows
+    # (sorted by split and class) got the votes of other images: refused, saying why.
+    faces = load(folders)
+    message = r"image folders \(image-folders-train-test\).*Use the original fer2013\.csv"
+    with pytest.raises(DataError, match=message):
+        load_ferplus(faces, votes)
+    assert not faces.icml_rows and faces.index.tolist() == list(range(6))
+    with pytest.raises(DataError, match=message):  # a pack of the folders too
+        load_ferplus(load(faces.save_pack(tmp_path / "folders.fkpack", preset=1)), votes)
+    # rows rebuilt without their index are renumbered 0..N-1: refused too
+    icml = load(csv).subset("PublicTest")
+    lost = FaceSet(images=icml.images, labels=icml.labels, splits=icml.splits, info=icml.info)
+    with pytest.raises(DataError, match=r"not known to keep them.*original fer2013\.csv"):
+        load_ferplus(lost, votes)
+    with pytest.raises(DataError, match="not known to keep them"):  # built by hand
+        load_ferplus(FaceSet(icml.images, icml.labels, icml.splits, index=icml.index), votes)
+    assert load_ferplus(icml, votes).labels.tolist() == [3, 4]  # the subset keeps its rows
+
+
+def test_ferplus_refused_on_a_csv_of_some_rows(icml_and_folders, tmp_path, write_csv):
+    csv, _, votes = icml_and_folders
+    # a user's sample of Training rows, Usage kept: renumbered 0..1, and the Usage check passes
+    lines = csv.read_text().splitlines()
+    sample = tmp_path / "sample/fer2013.csv"
+    sample.parent.mkdir()
+    sample.write_text("\n".join([lines[0], lines[3], lines[1]]) + "\n")
+    faces = load(sample)
+    with pytest.raises(DataError, match=r"file of 2 rows: FER\+ joins only to the whole ICML"):
+        load_ferplus(faces, votes)
+    assert faces.info["file_rows"] == 2 and load(csv).info["file_rows"] == 6
+    # blank lines at the end are not rows
+    csv.write_text(csv.read_text() + "\n\n")
+    assert load(csv).info["file_rows"] == 6 and len(load_ferplus(load(csv), votes)) == 6
+
+
+def test_ferplus_joins_packs_of_the_csv(icml_and_folders, tmp_path, capsys):
+    from ferkit.cli import main
+
+    csv, folders, votes = icml_and_folders
+    pack = tmp_path / "train.fkpack"  # the device workflow: pack, then join FER+ to the pack
+    argv = ["data", "pack", str(csv), "--splits", "Training,PublicTest", "--out", str(pack)]
+    assert main(argv) == 0
+    plus = load_ferplus(load(pack), votes)
+    assert plus.labels.tolist() == [0, 1, 2, 3, 4] and plus.index.tolist() == [0, 1, 2, 3, 4]
+    # packs written before the icml_rows flag: their layout says whether they kept the rows
+    for source, joins in ((csv, True), (folders, False)):
+        faces = load(source)
+        faces.info.pop("icml_rows")
+        old = load(save_old_pack(faces, tmp_path / f"old-{source.name}.fkpack"))
+        assert old.icml_rows is joins
+    assert load_ferplus(load(tmp_path / "old-fer2013.csv.fkpack"), votes).labels.tolist() == [
+        0, 1, 2, 3, 4, 5
+    ]
+
+
+def test_ferplus_votes_file_recognised_and_checked(icml_and_folders, tmp_path, write_csv, capsys):
+    from ferkit.cli import main
+
+    csv, folders, _ = icml_and_folders
+    votes = write_votes(write_csv, tmp_path / "votes/fer2013new.csv", USAGES, [
+        votes_row(neutral=10), votes_row(happiness=8, sadness=2), votes_row(unknown=7, fear=3),
+        votes_row(NF=10), votes_row(neutral=4, happiness=3, sadness=3), votes_row(contempt=6),
+    ])
+    assert main(["data", "check", str(votes)]) == 2
+    err = capsys.readouterr().err
+    assert "a FER+ votes file" in err and "no 'pixels' column" not in err
+    assert f"ferkit data check fer2013.csv --ferplus {votes.name}" in err
+
+    assert main(["data", "check", str(csv), "--ferplus", str(votes), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["class_names"] == list(FERPLUS_CLASSES)
+    assert report["splits"]["Training"]["total"] == 2
+    assert report["splits"]["Training"]["classes"]["happiness"] == 1
+    assert report["splits"]["PrivateTest"]["classes"]["contempt"] == 1
+    assert "PublicTest" not in report["splits"]  # both its rows dropped
+    assert report["ferplus"]["dropped"] == 3
+    assert report["ferplus"]["dropped_by_split"] == {
+        "Training": {"no majority": 0, "unknown": 1, "not a face": 0},
+        "PublicTest": {"no majority": 1, "unknown": 0, "not a face": 1},
+        "PrivateTest": {"no majority": 0, "unknown": 0, "not a face": 0},
+    }
+    assert main(["data", "check", str(csv), "--ferplus", str(votes)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[3].split() == ["split", "total", *FERPLUS_CLASSES]
+    assert "FER+ majority labels from" in text and "3 rows dropped" in text
+    assert "  PublicTest: 2 (no majority 1, unknown 0, not a face 1)" in text
+    assert main(["data", "check", str(folders), "--ferplus", str(votes)]) == 2
+    assert "image folders" in capsys.readouterr().err
 
 
 # ---- data check ----
@@ -671,6 +855,47 @@ def test_check_report_counts(make_images):
         assert line in text
     assert text.splitlines()[3].split() == ["split", "total", *FER2013_CLASSES, "unlabeled"]
     assert "Training" in text and "all" in text
+    assert report["skipped"] == [] and report["ignored_files"] == 0 and report["notes"] == []
+
+
+def test_check_skip_bad_json_lists_the_skipped(tmp_path, write_csv, make_images, capsys):
+    from ferkit.cli import main
+
+    rows = [[0, make_images(1)[0], "Training"], [9, make_images(1)[0], "Training"]]
+    path = write_csv(tmp_path / "csv/fer2013.csv", "emotion,pixels,Usage", rows)
+    assert main(["data", "check", str(path), "--skip-bad", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "line 3: emotion '9'" in captured.err  # still on stderr as it happens
+    assert json.loads(captured.out)["skipped"] == [
+        {"file": str(path), "line": 3, "reason": "emotion '9' is not an integer in 0..6"}
+    ]
+    assert main(["data", "check", str(path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped as malformed (--skip-bad): 1" in out and f"{path}, line 3: emotion" in out
+
+    save_png(tmp_path / "images/happy/good.png", make_images(1)[0])
+    (tmp_path / "images/sad").mkdir()
+    (bad := tmp_path / "images/sad/bad.jpg").write_text("not a JPEG")
+    assert main(["data", "check", str(tmp_path / "images"), "--skip-bad", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["skipped"]
+    assert entry["file"] == str(bad) and entry["reason"].startswith("unreadable image")
+    assert "line" not in entry
+
+
+@pytest.mark.parametrize("splits", ["", " , ", ","])
+def test_pack_refuses_no_splits(icml, tmp_path, capsys, splits):
+    from ferkit.cli import main
+
+    path, _ = icml()
+    out = tmp_path / "empty.fkpack"
+    assert main(["data", "pack", str(path), "--splits", splits, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "names no split" in err and "it has Training,PublicTest,PrivateTest" in err
+    assert not out.exists()
+    with pytest.raises(DataError, match="no split named"):
+        load(path).subset([])
+    assert main(["data", "pack", str(path), "--splits", "Validation", "--out", str(out)]) == 2
+    assert "no split ['Validation']" in capsys.readouterr().err and not out.exists()
 
 
 # ---- real data (the user's own copy; never in the repo) ----
@@ -715,6 +940,11 @@ def test_real_ferplus(real_faces, real_root):
     assert 30000 < len(plus) < 35887
     np.testing.assert_allclose(plus.soft_labels.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(plus.splits, real_faces.splits[plus.index])
+    by_split = plus.info["ferplus_dropped_by_split"]
+    assert sum(sum(d.values()) for d in by_split.values()) == plus.info["ferplus_dropped"]
+    assert by_split["Training"]["not a face"] > 0  # the 173 nameless rows are non-faces
+    with pytest.raises(DataError, match="a FER\\+ votes file.*--ferplus"):
+        load(real_root / "fer2013" / "fer2013new.csv")
     print(f"\nFER+ majority: {len(plus)} kept, {plus.info['ferplus_dropped']} dropped")
 
 

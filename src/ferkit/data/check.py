@@ -7,6 +7,7 @@ test set.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,23 @@ from .faceset import IMAGE_SIZE, SPLITS, FaceSet
 
 #: How many example rows / groups a report lists (the counts are always complete).
 MAX_EXAMPLES = 10
+#: A reader's skip message: ``FILE, line N: REASON`` (a CSV row) or ``FILE: REASON`` (an image).
+SKIPPED = re.compile(r"(?P<file>.+?)(?:, line (?P<line>\d+))?: (?P<reason>.+)", re.DOTALL)
+
+
+def skipped_entries(messages: Sequence[str]) -> list[dict]:
+    """``info["skipped"]`` as dicts: ``file``, ``line`` (CSV rows only) and ``reason``."""
+    entries = []
+    for message in messages:
+        m = SKIPPED.fullmatch(message)
+        if m is None:  # not a reader's message: keep it whole
+            entries.append({"file": None, "reason": message})
+            continue
+        entry = {"file": m["file"], "reason": m["reason"]}
+        if m["line"]:
+            entry["line"] = int(m["line"])
+        entries.append(entry)
+    return entries
 
 
 def _image_groups(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +56,11 @@ def check_report(faces: FaceSet) -> dict:
     also in the earlier split}} in the order Training, PublicTest, PrivateTest, then other
     names; ``constant_images`` (all pixels equal); ``canonical_md5`` (bool, or None when not
     read from a CSV); ``layout``; plus ``source``, ``class_names`` and a few ``examples``
-    (original row indices) of each problem.
+    (original row indices) of each problem. What the read left out: ``skipped`` (rows or
+    images a ``skip_bad`` read dropped, see `skipped_entries`), ``ignored_files`` (non-image
+    files in class folders; a few in ``examples``) and the reader's ``notes``. After
+    `ferkit.data.load_ferplus`, ``ferplus`` {``votes``, ``dropped``, ``dropped_by_split``
+    {split: {reason: rows}}}: the class table is then of the FER+ majority labels.
     """
     n = len(faces)
     names = list(faces.class_names)
@@ -50,7 +72,16 @@ def check_report(faces: FaceSet) -> dict:
         "class_names": names,
         "num_images": n,
         "splits": {},
+        "skipped": skipped_entries(faces.info.get("skipped", [])),
+        "ignored_files": len(faces.info.get("ignored", [])),
+        "notes": list(faces.info.get("notes", [])),
     }
+    if "ferplus" in faces.info:
+        report["ferplus"] = {
+            "votes": faces.info["ferplus"],
+            "dropped": faces.info.get("ferplus_dropped"),
+            "dropped_by_split": faces.info.get("ferplus_dropped_by_split", {}),
+        }
     for split in split_names:
         labels = faces.labels[faces.splits == split]
         counts = np.bincount(labels[labels >= 0], minlength=len(names))
@@ -109,6 +140,7 @@ def check_report(faces: FaceSet) -> dict:
             for g in conflicting[:MAX_EXAMPLES]
         ],
         "constant_images": index[constant[:MAX_EXAMPLES]].tolist(),
+        "ignored_files": list(faces.info.get("ignored", [])[:MAX_EXAMPLES]),
     }
     return report
 
@@ -173,7 +205,34 @@ def format_check(report: dict) -> str:
         lines.append(f"  e.g. rows:labels {shown}")
     if examples.get("constant_images"):
         lines.append(f"  constant image rows, e.g. {examples['constant_images'][:MAX_EXAMPLES]}")
+    lines += _left_out_lines(report)
     return "\n".join(lines)
+
+
+def _left_out_lines(report: dict) -> list[str]:
+    """What the read left out or remarked on (FER+ drops, skipped, ignored, notes)."""
+    lines = []
+    if "ferplus" in report:
+        plus = report["ferplus"]
+        lines.append(
+            f"FER+ majority labels from {plus['votes']}: {plus['dropped'] or 0:,} rows dropped"
+        )
+        lines += [
+            f"  {split}: {sum(d.values()):,} ("
+            + ", ".join(f"{reason} {k:,}" for reason, k in d.items()) + ")"
+            for split, d in plus["dropped_by_split"].items()
+        ]
+    if report.get("skipped"):
+        lines.append(f"skipped as malformed (--skip-bad): {len(report['skipped']):,}")
+        for e in report["skipped"][:MAX_EXAMPLES]:
+            where = f"{e['file']}, line {e['line']}" if "line" in e else e["file"] or "?"
+            lines.append(f"  {where}: {e['reason']}")
+    if report.get("ignored_files"):
+        shown = report.get("examples", {}).get("ignored_files", [])
+        lines.append(f"non-image files ignored: {report['ignored_files']:,}")
+        lines += [f"  {path}" for path in shown]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
+    return lines
 
 
 def warn_if_resplit(

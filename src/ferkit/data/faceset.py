@@ -38,9 +38,14 @@ class FaceSet:
     - ``labels``: int64, N; -1 where a row has no label (e.g. Kaggle's test.csv).
     - ``splits``: N strings (``Training``, ``PublicTest``, ``PrivateTest``, or a folder's own
       split names such as ``validation``).
-    - ``index``: int64, N; the row number in the original file (FER+ joins on it).
+    - ``index``: int64, N; the row number in the original file (0..N-1 where it has none).
     - ``soft_labels``: optional float32 N x C target distributions (FER+ votes).
-    - ``source``: where it came from; ``info``: reader notes (md5, layout, warnings).
+    - ``source``: where it came from; ``info``: reader notes (md5, layout, warnings, and
+      ``notes``: one-line remarks `ferkit.data.load` prints).
+
+    ``info["icml_rows"]`` (see `icml_rows`) says that ``index`` is the row number in the ICML
+    ``fer2013.csv``, which FER+ joins on; packs and the cache keep it. A FaceSet built without
+    an ``index`` never has it: its rows are numbered 0..N-1, whatever the info says.
     """
 
     images: np.ndarray
@@ -61,9 +66,13 @@ class FaceSet:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         self.splits = np.asarray(self.splits, dtype=str)
         self.class_names = tuple(self.class_names)
-        self.index = np.arange(n, dtype=np.int64) if self.index is None else np.asarray(
-            self.index, dtype=np.int64
-        )
+        if self.index is None:
+            self.index = np.arange(n, dtype=np.int64)
+            # rows renumbered (e.g. a subset rebuilt without its index): no longer ICML rows
+            if self.info.get("icml_rows"):
+                self.info = {k: v for k, v in self.info.items() if k != "icml_rows"}
+        else:
+            self.index = np.asarray(self.index, dtype=np.int64)
         for name, arr in (("labels", self.labels), ("splits", self.splits), ("index", self.index)):
             if len(arr) != n:
                 raise DataError(f"{name} has {len(arr)} rows, images {n}")
@@ -82,6 +91,13 @@ class FaceSet:
     def __repr__(self) -> str:
         counts = {s: int((self.splits == s).sum()) for s in self.split_names}
         return f"FaceSet({len(self)} images, splits={counts}, classes={list(self.class_names)})"
+
+    @property
+    def icml_rows(self) -> bool:
+        """Whether ``index`` is the row number in the ICML ``fer2013.csv`` (what FER+ joins
+        on): true for the FER2013 CSVs, Kaggle's train.csv + test.csv and packs of them; false
+        for image folders, which do not keep the rows, and for FaceSets built by hand."""
+        return bool(self.info.get("icml_rows"))
 
     @property
     def split_names(self) -> list[str]:
@@ -106,6 +122,8 @@ class FaceSet:
     def subset(self, splits: str | Sequence[str]) -> FaceSet:
         """Only the rows of the named split(s); an unknown split name is an error."""
         names = [splits] if isinstance(splits, str) else list(splits)
+        if not names:  # an empty selection is a mistake (e.g. --splits ""), not 0 rows
+            raise DataError(f"{self.source or 'data'}: no split named; it has {self.split_names}")
         missing = [s for s in names if s not in self.split_names]
         if missing:
             raise DataError(
@@ -212,6 +230,8 @@ class FaceSet:
                 raise DataError(f"{path}: {exc}") from None
             raise DataError(f"{path}: unreadable ferkit pack ({exc})") from None
         faces.info["packed_from"] = Path(meta.get("source", "")).name
+        if "icml_rows" not in faces.info:  # a pack from before the flag: its layout tells
+            faces.info["icml_rows"] = _legacy_icml_rows(faces.info)
         return faces
 
     @classmethod
@@ -220,6 +240,16 @@ class FaceSet:
         from .readers import load
 
         return load(path, **kwargs)
+
+
+def _legacy_icml_rows(info: dict) -> bool:
+    """Whether a pack written before ``info["icml_rows"]`` existed kept the ICML rows: those
+    of the CSV layouts did (their readers numbered the rows as in the file), others did not."""
+    layout = info.get("layout")
+    if layout in ("fer2013-csv", "icml_face_data-csv", "kaggle-train-test-csv"):
+        return True
+    # any other CSV column order: rows as in the file when it had its own Usage column
+    return layout == "csv" and "usage" in [str(c).lower() for c in info.get("columns", [])]
 
 
 # ---- the pack's image codec ----

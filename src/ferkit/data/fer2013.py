@@ -31,6 +31,8 @@ NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 #: How a compressed data file may end (``fer2013.csv.gz``, ``fer2013new.csv.xz``), with its
 #: opener; anything else is read as it is.
 COMPRESSED_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}
+#: Columns (lower case) that only a FER+ votes file (``fer2013new.csv``) has.
+FERPLUS_MARKERS = frozenset({"contempt", "unknown", "nf"})
 
 
 def read_text(path: Path) -> tuple[str, str]:
@@ -95,6 +97,14 @@ def read_fer2013_csv(
     if header is None or not any(h.strip() for h in header):
         raise DataError(f"{path}: empty file, expected a CSV header such as emotion,pixels,Usage")
     columns = {h.strip().lower(): i for i, h in enumerate(header)}
+    if "pixels" not in columns and FERPLUS_MARKERS <= columns.keys():
+        # a common mix-up: the FER+ file has no images, it labels fer2013.csv's rows
+        raise DataError(
+            f"{path}: a FER+ votes file (fer2013new.csv: 10 annotators' votes for each row of "
+            "the ICML fer2013.csv), not images: join it to the original fer2013.csv by row "
+            f"number, e.g. `ferkit data check fer2013.csv --ferplus {path.name}` (per-split "
+            "FER+ class table), or ferplus_csv in a recipe / --ferplus for eval"
+        )
     if "pixels" not in columns:
         raise DataError(f"{path}: no 'pixels' column in header {header}")
     has_usage = "usage" in columns
@@ -107,9 +117,11 @@ def read_fer2013_csv(
     width = len(header)
 
     images, labels, splits, index, skipped = [], [], [], [], []
+    last_row = 1  # the last non-blank line: blank lines at the end are not rows
     for row_no, row in enumerate(reader, start=2):  # line 1 is the header
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
+        last_row = row_no
         where = f"{path}, line {row_no}"
         try:
             if len(row) != width:
@@ -147,6 +159,12 @@ def read_fer2013_csv(
         "columns": [h.strip() for h in header],
         "md5": md5,
         "canonical": md5 == FER2013_MD5,
+        # with its own Usage column a CSV is taken for the ICML file, row for row (FER+'s
+        # Usage check catches most reordered copies); without one (Kaggle's test.csv) the
+        # caller numbers the rows
+        "icml_rows": has_usage,
+        # rows in the file, good or not: FER+ joins only to a file of all of its rows
+        "file_rows": last_row - 1,
     }
     if skipped:
         info["skipped"] = skipped

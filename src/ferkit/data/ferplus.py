@@ -3,7 +3,8 @@
 ``fer2013new.csv`` has one row per FER2013 row, in the same order, with the columns
 ``Usage, Image name, neutral, happiness, surprise, sadness, anger, disgust, fear, contempt,
 unknown, NF``. It is joined to the images by ROW INDEX: a few image names repeat and the
-non-face rows have none. It may be gzip/xz/bz2-compressed (``fer2013new.csv.gz``).
+non-face rows have none. It may be gzip/xz/bz2-compressed (``fer2013new.csv.gz``). Only data
+whose ``index`` is the ICML file's row number (`FaceSet.icml_rows`) can be joined.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ FERPLUS_CLASSES: tuple[str, ...] = (
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
 )
 VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
+#: Why the majority rule drops a row (``info["ferplus_dropped_by_split"]``).
+DROP_REASONS = ("no majority", "unknown", "not a face")
+ROW_SOURCES = (
+    "the original fer2013.csv (or icml_face_data.csv, Kaggle's train.csv + test.csv, or a "
+    "ferkit pack made from one of them)"
+)
 
 
 def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +62,18 @@ def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return votes, np.array(usage)
 
 
+def drop_reasons(votes: np.ndarray) -> np.ndarray:
+    """For each row, why `majority_targets` drops it (a `DROP_REASONS` entry), or "" where
+    it keeps it: the majority rule itself."""
+    v = np.where(votes <= 1, 0, votes)
+    top = v.argmax(axis=1)
+    majority = v.max(axis=1) > 0.5 * v.sum(axis=1)
+    n = len(FERPLUS_CLASSES)
+    return np.select(
+        [~majority, top == n, top == n + 1], list(DROP_REASONS), default=""
+    )
+
+
 def majority_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The FER+ paper's majority-vote rule, as in its reference code (``ferplus.py``).
 
@@ -62,17 +81,26 @@ def majority_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     than half of the remaining votes; rows without such a majority, or whose majority is
     unknown / not-a-face, are dropped. Returns ``(labels, keep)`` (labels of dropped rows -1).
     """
-    v = np.where(votes <= 1, 0, votes)
-    total = v.sum(axis=1)
-    top = v.argmax(axis=1)
-    keep = (v.max(axis=1) > 0.5 * total) & (top < len(FERPLUS_CLASSES))
+    keep = drop_reasons(votes) == ""
+    top = np.where(votes <= 1, 0, votes).argmax(axis=1)
     return np.where(keep, top, -1), keep
 
 
 def joined_votes(faces: FaceSet, votes_csv: str | Path) -> np.ndarray:
     """The N x 10 vote counts (`VOTE_COLUMNS`) of each of ``faces``' rows, joined by their
     original row index, after checking that the file's Usage agrees with their splits."""
+    if not faces.icml_rows:
+        raise DataError(_not_icml_rows(faces, votes_csv))
     votes, usage = read_ferplus_votes(votes_csv)
+    file_rows = faces.info.get("file_rows")
+    if file_rows is not None and file_rows != len(votes):
+        # e.g. a CSV of some of the rows (with their Usage): numbered 0..K-1, not as in the
+        # ICML file, and a sample of Training rows would even pass the Usage check
+        raise DataError(
+            f"{votes_csv}: {len(votes)} rows, but {faces.source or 'the data'} was read from a "
+            f"file of {file_rows} rows: FER+ joins only to the whole ICML file, row for row. "
+            f"Use {ROW_SOURCES}"
+        )
     if faces.index.max(initial=-1) >= len(votes):
         raise DataError(
             f"{votes_csv}: {len(votes)} rows, but the images go up to row {faces.index.max()}: "
@@ -83,6 +111,28 @@ def joined_votes(faces: FaceSet, votes_csv: str | Path) -> np.ndarray:
     if np.any(usage[rows][known] != faces.splits[known]):
         raise DataError(f"{votes_csv}: Usage disagrees with the images' splits; rows misaligned")
     return votes[rows]
+
+
+def _not_icml_rows(faces: FaceSet, votes_csv: str | Path) -> str:
+    """Why FER+ cannot be joined to `faces`, and what to use instead."""
+    layout = faces.info.get("layout") or ""
+    if "folders" in layout:
+        # the split sizes of an ICML image-folder copy match, so the Usage check would pass
+        why = (
+            f"image folders ({layout}) do not keep those row numbers: ferkit numbers their "
+            "images by split and class (and the <n> of the public copies' PublicTest_<n>.jpg "
+            "is not the row either)"
+        )
+    else:
+        why = (
+            f"this data{f' ({layout})' if layout else ''} is not known to keep them (built or "
+            "subset without its original index, or read from a layout that has none)"
+        )
+    return (
+        f"{faces.source or 'data'}: FER+ votes ({Path(votes_csv).name}) are joined to FER2013 "
+        f"by the row number of the ICML fer2013.csv, and {why}; joining anyway would give "
+        f"wrong labels silently. Use {ROW_SOURCES}"
+    )
 
 
 def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
@@ -102,5 +152,15 @@ def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
     out.labels = labels[keep]
     out.soft_labels = soft[keep].astype(np.float32)
     out.class_names = FERPLUS_CLASSES
-    out.info = {**faces.info, "ferplus": str(votes_csv), "ferplus_dropped": int((~keep).sum())}
+    reasons = drop_reasons(votes)
+    out.info = {
+        **faces.info,
+        "ferplus": str(votes_csv),
+        "ferplus_dropped": int((~keep).sum()),
+        # for `ferkit data check --ferplus`: what the majority rule left out, per split
+        "ferplus_dropped_by_split": {
+            split: {r: int((reasons[faces.splits == split] == r).sum()) for r in DROP_REASONS}
+            for split in faces.split_names
+        },
+    }
     return out

@@ -6,7 +6,11 @@
   rows, pixels only);
 - image folders ``train/<class>/*`` + ``test/<class>/{PublicTest,PrivateTest}_<n>.jpg``;
 - image folders ``train/<class>/*`` + ``validation/<class>/*`` (a random re-split: warned);
-- generic class folders ``<root>/<class>/*`` (split ``all``).
+- generic class folders ``<root>/<class>/*`` (split ``all``): FER2013's 7 classes when every
+  folder is one of them (or an alias), else the folders' own names, sorted.
+
+Image folders do not keep the ICML row numbers, so FER+ cannot be joined to them (see
+`ferkit.data.ferplus.joined_votes`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ RESPLIT_WARNING = (
     "PrivateTest (the protocol of published FER2013 results)"
 )
 PROGRESS_MIN_FILES = 1000
+#: How many paths a note on ignored files names (the count is always complete).
+NOTE_EXAMPLES = 3
 
 
 def _accepted_classes() -> str:
@@ -212,18 +218,17 @@ def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = T
         extra = {"layout": layout}
         if "validation" in dirs or "val" in dirs:
             extra["resplit_warning"] = RESPLIT_WARNING
-    # 5. generic class folders
+    # 5. generic class folders: FER2013's classes (in its order, so that the shipped weights'
+    # head fits) where every folder is one, else the folders' own (a user's class set)
     elif dirs and all(n in CLASS_ALIASES for n in dirs):
         ignored = []
         items = _class_folder_items(root, "all", ignored)
         extra = {"layout": "class-folders"}
     elif dirs:
-        unknown = sorted(n for n in dirs if n not in CLASS_ALIASES)
-        raise DataError(
-            f"{root}: unknown class folder(s) {unknown}; accepted class names: "
-            f"{_accepted_classes()}. Other accepted layouts: fer2013.csv[.gz|.xz], "
-            "icml_face_data.csv, train.csv + test.csv, train/ + test/, train/ + validation/"
-        )
+        classes = _own_classes(root, entries, dirs)
+        ignored = []
+        items = _class_folder_items(root, "all", ignored, classes)
+        extra = {"layout": "class-folders", "class_names": classes}
     else:
         raise DataError(
             f"{root}: no FER2013 data found (looked for fer2013.csv[.gz|.xz], "
@@ -242,6 +247,25 @@ def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = T
     )
 
 
+def _own_classes(root: Path, entries: list[os.DirEntry], dirs: dict[str, Path]) -> list[str]:
+    """The folder names as the classes, sorted as torchvision's ImageFolder sorts them."""
+    splits = sorted(n for n in dirs if n in SPLIT_FOLDERS)
+    if splits:  # test/ or validation/ without train/: a split layout, not classes
+        raise DataError(
+            f"{root}: has {'/, '.join(splits)}/ but no train/; expected train/ + test/ (ICML "
+            "splits), train/ + validation/, or class folders"
+        )
+    classes = sorted(e.name for e in entries if e.is_dir())
+    if len(classes) < 2:
+        raise DataError(
+            f"{root}: one folder {classes[0]!r}, which is not a FER2013 class; class folders "
+            f"need two or more classes (FER2013's: {_accepted_classes()}). Other accepted "
+            "layouts: fer2013.csv[.gz|.xz], icml_face_data.csv, train.csv + test.csv, "
+            "train/ + test/, train/ + validation/"
+        )
+    return classes
+
+
 def _files_of(folder: Path | None) -> dict[str, Path]:
     if folder is None:
         return {}
@@ -249,9 +273,12 @@ def _files_of(folder: Path | None) -> dict[str, Path]:
 
 
 def _class_folder_items(
-    folder: Path, split: str | None, ignored: list[str]
+    folder: Path, split: str | None, ignored: list[str], classes: list[str] | None = None
 ) -> list[tuple[Path, int, str | None]]:
-    """(file, label, split or None for 'from the test prefix') for ``folder/<class>/*``."""
+    """(file, label, split or None for 'from the test prefix') for ``folder/<class>/*``.
+
+    ``classes``: the class names, label = position; None: FER2013's, by `CLASS_ALIASES`.
+    """
     items = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not _visible(entry):
@@ -263,13 +290,16 @@ def _class_folder_items(
             else:
                 ignored.append(entry.path)
             continue
-        cls = CLASS_ALIASES.get(entry.name.lower())
-        if cls is None:
-            raise DataError(
-                f"{entry.path}: unknown class folder {entry.name!r}; accepted names: "
-                f"{_accepted_classes()}"
-            )
-        label = FER2013_CLASSES.index(cls)
+        if classes is not None:
+            label = classes.index(entry.name)
+        else:
+            cls = CLASS_ALIASES.get(entry.name.lower())
+            if cls is None:
+                raise DataError(
+                    f"{entry.path}: unknown class folder {entry.name!r}; accepted names: "
+                    f"{_accepted_classes()}"
+                )
+            label = FER2013_CLASSES.index(cls)
         for f in sorted(os.scandir(entry.path), key=lambda e: _natural(e.name)):
             if not _visible(f):
                 continue
@@ -309,15 +339,39 @@ def _read_images(
     if not rows:
         raise DataError(f"{root}: no readable images ({len(skipped)} skipped)")
     rows.sort(key=lambda r: r[:1] + r[2:3])  # Training, PublicTest, PrivateTest, others; class
-    info = {**extra, "canonical": None, "num_files": len(items)}
+    class_names = extra.get("class_names", FER2013_CLASSES)
+    # The rows are numbered 0..N-1 in this order, not as in the ICML file; nor do the numbers
+    # in test/ file names give the row (public copies name them e.g. PrivateTest_10613684.jpg,
+    # far past the 35,887 rows). So FER+ cannot be joined here (icml_rows False).
+    info = {
+        **{k: v for k, v in extra.items() if k != "class_names"},
+        "canonical": None,
+        "icml_rows": False,
+        "num_files": len(items),
+    }
+    notes = []
+    if "class_names" in extra:
+        others = [c for c in class_names if c.lower() not in CLASS_ALIASES]
+        notes.append(
+            f"{root}: class folder(s) {others} are not FER2013 classes, so the classes are "
+            f"the folder names themselves, sorted: {list(class_names)}"
+        )
     if ignored:
         info["ignored"] = ignored
+        more = ", ..." if len(ignored) > NOTE_EXAMPLES else ""
+        notes.append(
+            f"{root}: ignored {len(ignored)} non-image file(s) in the class folders: "
+            + ", ".join(ignored[:NOTE_EXAMPLES]) + more
+        )
+    if notes:
+        info["notes"] = notes
     if skipped:
         info["skipped"] = skipped
     return FaceSet(
         images=np.stack([r[4] for r in rows]),
         labels=np.array([r[2] for r in rows]),
         splits=np.array([r[1] for r in rows]),
+        class_names=class_names,
         source=str(root),
         info=info,
     )
@@ -331,9 +385,11 @@ def _read_kaggle(root: Path, train: Path, test: Path, skip_bad: bool) -> FaceSet
         "layout": "kaggle-train-test-csv",
         "canonical": None,
         "md5": {"train.csv": tr.info["md5"], "test.csv": te.info["md5"]},
+        # Rows are numbered as in the ICML file (train.csv then test.csv), so FER+ joins by index.
+        "icml_rows": True,
     }
-    # Rows are numbered as in the ICML file (train.csv then test.csv), so FER+ joins by index.
     n_train, n_test = len(tr) + len(tr_skipped), len(te) + len(te_skipped)
+    info["file_rows"] = n_train + n_test
     te_index = te.index + n_train
     te_splits = te.splits
     if "usage" not in [c.lower() for c in te.info.get("columns", [])]:

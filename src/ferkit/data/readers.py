@@ -14,7 +14,8 @@ from ..fileio import write_atomically
 from .faceset import PACK_MAGIC, DataError, FaceSet
 from .fer2013 import read_fer2013_csv
 
-CACHE_VERSION = 1
+#: 2: FaceSets record ``icml_rows`` and ``notes`` (entries without them are re-read).
+CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -83,6 +84,12 @@ def report_skipped(faces: FaceSet, file=None) -> None:
         print(f"ferkit: skipped {message}", file=file or sys.stderr)
 
 
+def report_notes(faces: FaceSet, file=None) -> None:
+    """Print the reader's one-line notes (``info["notes"]``: ignored files, class names)."""
+    for message in faces.info.get("notes", []):
+        print(f"ferkit: note: {message}", file=file or sys.stderr)
+
+
 def load(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True) -> FaceSet:
     """Read a FER dataset from `path`, whatever its layout.
 
@@ -103,8 +110,9 @@ def load(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True)
         return FaceSet.from_pack(path)
     else:
         faces = load_csv(path, skip_bad=skip_bad, cache=cache)
+    report_notes(faces)
     report_skipped(faces)
     return faces
 
 
-__all__ = ["PACK_MAGIC", "cache_dir", "load", "load_csv", "report_skipped"]
+__all__ = ["PACK_MAGIC", "cache_dir", "load", "load_csv", "report_notes", "report_skipped"]
