@@ -195,3 +195,39 @@ def test_markdown_report(three_class_report: dict, tmp_path) -> None:
     assert "| split | test |" in text
     assert "| angry | 2 | 1 | 1 |" in text  # confusion matrix row of counts
     assert "![Confusion matrix](confusion_matrix.png)" in text
+
+
+def test_macro_f1_averages_the_classes_present(tmp_path) -> None:
+    names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    # 3 classes present of 7, predicted right but one: F1 0 for absent classes would give
+    # 0.356; over the three present, (1 + 2/3 + 4/5) / 3
+    labels = np.array([0, 0, 3, 3, 3, 6])
+    r = classification_report(_probs_for([0, 0, 3, 3, 6, 6], 7), labels, names)
+    # happy: P 1, R 2/3 -> 4/5; neutral: P 1/2, R 1 -> 2/3
+    assert r["macro_f1"] == pytest.approx((1 + 4 / 5 + 2 / 3) / 3)
+    assert r["absent_classes"] == ["disgust", "fear", "sad", "surprise"]
+    text = write_markdown_report(r, tmp_path / "report.md", title="t").read_text()
+    assert "classes without test images (not in macro-F1) | disgust, fear, sad, surprise" in text
+
+
+def test_macro_f1_with_every_class_present_is_the_plain_mean() -> None:
+    # FER2013's test split has every class: the number is what it always was
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.arange(7), rng.integers(0, 7, 200)])
+    probs = rng.dirichlet(np.ones(7), size=len(labels))
+    r = classification_report(probs, labels, [str(i) for i in range(7)])
+    assert r["absent_classes"] == []
+    assert r["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in r["per_class"].values()]))
+
+
+def test_training_curves_have_whole_epoch_ticks(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    from ferkit import metrics
+
+    figures = []
+    monkeypatch.setattr(metrics, "_save", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_acc": 0.1 * e} for e in (1, 2, 3)]
+    plot_training_curves(rows, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

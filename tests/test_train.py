@@ -653,10 +653,14 @@ def test_reproduce_trains_each_seed_scores_once_and_tabulates(pack, tmp_path, mo
     captured = capsys.readouterr()
     assert rc == 0 and "skipped" in captured.err and "not-a-run" in captured.err
     assert "| tiny | test_tiny_cnn |" in captured.out
-    # the same seed twice would count twice: refused, naming the runs
-    with pytest.raises(rp.DataError, match="seed"):
-        rp.table_from_runs([runs[0], runs[0]], pack, tmp_path / "twice", tta="flip",
-                           device="cpu")
+    # the same seed twice would count twice: the later folder is skipped, naming both
+    copy = tmp_path / "copy-of-s0"
+    shutil.copytree(runs[0], copy)
+    rp.table_from_runs([runs[0], copy], pack, tmp_path / "twice", tta="flip", device="cpu")
+    err = capsys.readouterr().err
+    assert f"skipped {copy}: recipe tiny seed 0 is already in the table from {runs[0]}" in err
+    (group,) = json.loads((tmp_path / "twice" / "results.json").read_text())
+    assert group["seeds"] == [0]
 
 
 def test_claims_are_answered_only_as_far_as_the_seeds_allow():
@@ -736,3 +740,282 @@ def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"model": "mba_cnn"}))
     with pytest.raises(ValueError, match="class_names"):
         load_checkpoint(tmp_path / "c")
+
+
+# ---- review fixes: stale runs, refusals, held-out validation, progress lines ----
+
+
+def test_reproduce_refuses_a_run_of_other_keys_and_records_overrides(pack, tmp_path,
+                                                                     monkeypatch):
+    from ferkit import reproduce as rp
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=2)
+    out = tmp_path / "table"
+    rp.reproduce([recipe], pack, out, overrides=["epochs=1"], device="cpu", tta="flip")
+    (group,) = json.loads((out / "results.json").read_text())
+    assert group["overrides"] == ["epochs=1"] and group["epochs"] == "1 of 1"
+    assert "`--set epochs=1`" in (out / "results.md").read_text()
+    # the recipe as it is: the epochs=1 run is not its row; refused before anything trains
+    monkeypatch.setattr(rp, "fit", lambda *a, **kw: pytest.fail("trained"))
+    with pytest.raises(rp.DataError, match=r"tiny was trained with epochs 1 -> 2") as info:
+        rp.reproduce([recipe], pack, out, device="cpu", tta="flip")
+    assert str(out / "tiny") in str(info.value) and "--set" in str(info.value)
+    # the same keys again: the finished run is scored, not trained
+    rp.reproduce([recipe], pack, out, overrides=["epochs=1"], device="cpu", tta="flip")
+
+
+def test_reproduce_resumes_a_run_stopped_by_max_minutes(pack, tmp_path, monkeypatch):
+    from ferkit import reproduce as rp
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=2)
+    out = tmp_path / "table"
+    rp.reproduce([recipe], pack, out, device="cpu", tta="flip", max_minutes=1e-4)
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_minutes" and summary["epochs_done"] == 1
+    calls = []
+    monkeypatch.setattr(rp, "fit", lambda recipe, data, run, **kw: calls.append(kw["resume"])
+                        or fit(recipe, data, run, **kw))
+    rp.reproduce([recipe], pack, out, device="cpu", tta="flip")
+    assert calls == [True]
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    assert summary["stop_reason"] == "epochs" and summary["epochs_done"] == 2
+    assert [r["epoch"] for r in read_rows(out / "tiny")] == [1, 2]
+    (group,) = json.loads((out / "results.json").read_text())
+    assert group["epochs"] == "2 of 2"
+
+
+def test_reproduce_checks_for_privatetest_before_training(env, tmp_path, monkeypatch):
+    from ferkit import reproduce as rp
+
+    no_test = bar_faces({"Training": 60, "PublicTest": 20}).save_pack(
+        tmp_path / "train-val.fkpack", preset=1)
+    monkeypatch.setattr(rp, "fit", lambda *a, **kw: pytest.fail("trained"))
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=1)
+    with pytest.raises(rp.DataError, match=r"no PrivateTest split to score .*Training"):
+        rp.reproduce([recipe], no_test, tmp_path / "table", device="cpu")
+    with pytest.raises(rp.DataError, match="no PrivateTest"):
+        rp.table_from_runs([tmp_path], no_test, tmp_path / "table", device="cpu")
+
+
+def test_train_refuses_a_folder_that_holds_a_run(pack, tmp_path, capsys):
+    from ferkit.cli import main
+
+    out = tmp_path / "run"
+    fit(tiny_recipe(epochs=1), pack, out, device="cpu", progress=False)
+    log = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run .*--resume"):
+        fit(tiny_recipe(epochs=1), pack, out, device="cpu", progress=False)
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=1)
+    capsys.readouterr()
+    rc = main(["train", "--recipe", str(recipe), "--data", str(pack), "--out", str(out),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("ferkit: error: ") and "--resume" in err
+    assert len(err.splitlines()) == 1
+    assert (out / "metrics.jsonl").read_text() == log  # the old log untouched
+    # a folder with files that are no run's (a log the caller writes there) is fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train.log").write_text("started\n")
+    fit(tiny_recipe(epochs=1), pack, other, device="cpu", progress=False)
+    assert len(read_rows(other)) == 1
+
+
+def test_resume_refuses_another_model_optimizer_or_data(pack, env, tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(tiny_recipe(epochs=1), pack, out, device="cpu", progress=False)
+    state = (out / "last.state.pt").read_bytes()
+
+    def resume(data=pack, **keys):
+        return fit(tiny_recipe(**keys), data, out, device="cpu", resume=True, progress=False)
+
+    with pytest.raises(ValueError, match=r"cannot resume: .*model_options \{\} -> \{'width': 4\}"):
+        resume(model_options={"width": 4})
+    with pytest.raises(ValueError, match=r"optimizer 'adam' -> 'sgd'"):
+        resume(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"batch_size 20 -> 10"):
+        resume(batch_size=10)
+    other = bar_faces(SPLITS, seed=5).save_pack(tmp_path / "other.fkpack", preset=1)
+    with pytest.raises(ValueError, match="cannot resume: the data differs"):
+        resume(data=other, epochs=2)
+    assert (out / "last.state.pt").read_bytes() == state  # nothing was touched
+    # a longer run, with a harmless change: allowed, with a note; the first recipe is kept
+    capsys.readouterr()
+    summary = resume(epochs=2, lr=0.005)
+    assert summary["epochs_done"] == 2
+    assert "changed recipe keys: lr 0.01 -> 0.005" in capsys.readouterr().err
+    assert json.loads((out / "recipe-first.json").read_text())["lr"] == 0.01
+    assert json.loads((out / "recipe.json").read_text())["lr"] == 0.005
+
+
+def test_val_fraction_holds_out_a_stratified_part(env, tmp_path):
+    from ferkit.train import hold_out
+
+    faces = bar_faces({"all": 140}, seed=2)
+    train, val = hold_out(faces, 0.2, seed=0)
+    assert len(train) + len(val) == 140
+    assert list(np.bincount(val.labels, minlength=7)) == [4] * 7  # 20% of each class's 20
+    assert not set(val.index) & set(train.index)
+    assert np.array_equal(hold_out(faces, 0.2, seed=0)[1].index, val.index)  # seeded
+    assert not np.array_equal(hold_out(faces, 0.2, seed=1)[1].index, val.index)
+
+    data = faces.save_pack(tmp_path / "mine.fkpack", preset=1)
+    # no validation split and no val_fraction: the error says which key to set
+    with pytest.raises(ValueError, match=r"no validation split \['PublicTest'\].*val_fraction"):
+        fit(tiny_recipe(train_splits=["all"], epochs=1), data, tmp_path / "a", device="cpu",
+            progress=False)
+    with pytest.raises(ValueError, match=r"no training split \['Training'\].*train_splits"):
+        fit(tiny_recipe(epochs=1), data, tmp_path / "a", device="cpu", progress=False)
+    summary = fit(tiny_recipe(train_splits=["all"], val_fraction=0.2, epochs=1), data,
+                  tmp_path / "b", device="cpu", progress=False)
+    assert summary["val_split"] == "20% of all (held out)"
+    meta = load_checkpoint(tmp_path / "b" / "best")[1]
+    assert meta["data"]["held_out"] == {"from": ["all"], "fraction": 0.2, "seed": 0,
+                                        "train_images": 112, "val_images": 28}
+    assert meta["metrics"]["val_split"] == "20% of all (held out)"
+
+
+def test_finetune_recipe_on_class_folders(env, tmp_path):
+    from PIL import Image
+
+    from ferkit.train import load_data
+
+    faces = bar_faces({"all": 30}, seed=4)
+    root = tmp_path / "my_faces"
+    for i, (img, label) in enumerate(zip(faces.images, faces.labels, strict=True)):
+        folder = root / faces.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    recipe = Recipe.from_yaml(REPO / "recipes" / "finetune.yaml")
+    assert recipe.val_fraction == 0.1 and recipe.train_splits == ["all"]
+    train, val, name = load_data(recipe, root)
+    assert (len(train), len(val), name) == (23, 7, "10% of all (held out)")
+
+
+def test_init_from_takes_shipped_names_and_run_folders(trained, pack, tmp_path):
+    out, _ = trained
+    # a run folder, as predict --model takes it
+    fit(tiny_recipe(epochs=1, lr=0.0), pack, tmp_path / "a", device="cpu",
+        init_from=str(out), progress=False)
+    assert load_checkpoint(tmp_path / "a" / "last")[1]["init_from"]["reinitialised"] == []
+    # shipped weights of another architecture: nothing fits, an error naming both models
+    with pytest.raises(ValueError, match=r"only 0 of the 6 tensors of model 'test_tiny_cnn'"
+                                         r".*checkpoint's model 'mba_cnn'"):
+        fit(tiny_recipe(epochs=1), pack, tmp_path / "b", device="cpu",
+            init_from="mba_cnn-fer2013", progress=False)
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_eval_takes_shipped_names_and_run_folders(trained, pack, tmp_path, capsys):
+    from ferkit.cli import main
+
+    out, _ = trained
+    assert main(["eval", "--checkpoint", str(out), "--data", str(pack), "--device", "cpu",
+                 "--json"]) == 0
+    by_folder = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", "mba_cnn-fer2013", "--data", str(pack), "--device",
+                 "cpu", "--json", "--out", str(tmp_path / "shipped")]) == 0
+    shipped = json.loads(capsys.readouterr().out)
+    assert by_folder["model"] == TINY and shipped["model"] == "mba_cnn"
+    assert not (tmp_path / "shipped" / "training-curves.png").exists()  # no run, no curves
+    # a checkpoint whose name holds a dot (no suffix to cut)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(out / f"best{suffix}", tmp_path / f"best-lr0.5{suffix}")
+    assert main(["eval", "--checkpoint", str(tmp_path / "best-lr0.5"), "--data", str(pack),
+                 "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == by_folder["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("eval_batch_size=0", "eval_batch_size: expected a positive integer"),
+        ("label_smoothing=1.5", r"label_smoothing: expected a number in \[0, 1\)"),
+        ("augment.hflip=2", r"augment.hflip: expected a probability in \[0, 1\]"),
+        ("augment.scale=[1.2, 0.8]", "augment.scale: expected a zoom range"),
+        ("augment=5", "augment: expected a mapping"),
+        ("model_options=5", "model_options: expected a mapping"),
+        ("train_splits=5", "train_splits: expected a split name"),
+        ("val_split=null", "val_split: expected a split name.*val_fraction"),
+        ("lr=null", "lr: expected float, got null"),
+        ("lr=-1", "lr: expected a number >= 0"),
+        ("val_fraction=1", r"val_fraction: expected a fraction in \[0, 1\)"),
+        ("time_budget_minutes=0", "time_budget_minutes: expected minutes > 0"),
+        ("model=mbacnn", "model: 'mbacnn' is not a model"),
+        ("ema=1", r"ema: expected a decay in \[0, 1\)"),
+    ],
+)
+def test_recipe_values_are_checked_before_any_work(override, match):
+    with pytest.raises(ValueError, match=f"recipe key {match}"):
+        Recipe.from_yaml(REPO / "recipes" / "paper.yaml", [override])
+
+
+def test_max_minutes_must_be_positive(pack, tmp_path, capsys):
+    from ferkit.cli import main
+
+    with pytest.raises(ValueError, match="--max-minutes 0: expected minutes > 0"):
+        fit(tiny_recipe(), pack, tmp_path / "run", device="cpu", max_minutes=0, progress=False)
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", str(recipe), "--data", str(pack), "--out",
+              str(tmp_path / "run"), "--max-minutes", "0"])
+    assert exit_info.value.code == 2 and "--max-minutes: must be in (0, inf)" in (
+        capsys.readouterr().err)
+
+
+def test_training_says_what_it_starts_and_how_it_goes(pack, tmp_path, capsys, monkeypatch):
+    from ferkit import train
+
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0)  # a line per step instead of a minute
+    fit(tiny_recipe(epochs=1), pack, tmp_path / "run", device="cpu", progress=False)
+    err = capsys.readouterr().err
+    start = err.splitlines()[0]
+    assert start.startswith("ferkit: training test_tiny_cnn (") and " parameters) on cpu: " in start
+    assert ("200 training images (Training), 60 validation (PublicTest), 10 steps of 20 per "
+            "epoch, 1 epochs planned") in start
+    assert "epoch 1: step 10/10" in err
+
+
+def test_reproduce_table_names_the_selection_split_and_missing_folders(pack, tmp_path, capsys):
+    from ferkit.reproduce import group_rows, table_from_runs, write_table
+
+    def row(recipe, seed, val_split):
+        return {"run": f"runs/{recipe}-s{seed}", "recipe": recipe, "seed": seed, "model": TINY,
+                "model_options": {}, "dataset": "fer2013", "num_classes": 7,
+                "augmentation": "none", "val_acc": 0.5, "val_split": val_split,
+                "test_acc": 0.5, "test_acc_tta": 0.5, "tta": "flip", "backend": "torch",
+                "epochs_done": 1, "epochs_recipe": 1, "wall_minutes": 1.0, "device": "cpu"}
+
+    held = "10% of Training (held out)"
+    groups = group_rows([row("tiny", 0, "PublicTest"), row("tiny", 0, held)])
+    assert [g["val_split"] for g in groups] == ["PublicTest", held]  # two rows, no clash
+    text = write_table(groups, tmp_path / "t").read_text()
+    assert "| selection (split) |" in text and f"50.00% ({held})" in text
+    assert "after selection on 10% of Training (held out) or PublicTest" in text
+    text = write_table(group_rows([row("tiny", 0, held)]), tmp_path / "u").read_text()
+    assert f"| {held} (select) |" in text and "PublicTest (select)" not in text
+    with pytest.raises(ValueError, match="no finished run"):
+        table_from_runs([tmp_path / "nowhere"], pack, tmp_path / "v", device="cpu")
+    assert f"skipped {tmp_path / 'nowhere'}: {tmp_path / 'nowhere'}: no such folder" in (
+        capsys.readouterr().err)
+
+
+def test_eval_out_keeps_every_tta_mode_and_errors_before_warnings(trained, pack, tmp_path,
+                                                                  monkeypatch):
+    from ferkit import evaluate as ev
+
+    out, _ = trained
+    for tta in ("none", "flip"):
+        ev.evaluate(out / "best", pack, tta=tta, device="cpu", out=tmp_path / "r",
+                    progress=False)
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"PrivateTest-none.md", "PrivateTest-flip.md", "report.md"} <= files
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert report.index("TTA none") < report.index("TTA flip")
+    assert "(PrivateTest-none-confusion.png)" in report
+    assert "(PrivateTest-flip-confusion.png)" in report and "| backend | torch |" in report
+    warned = []
+    monkeypatch.setattr(ev, "warn_if_resplit", lambda *a: warned.append(a))
+    with pytest.raises(ev.DataError, match=r"no split \['Foo'\]"):
+        ev.evaluate(out / "best", pack, split="Foo", device="cpu", progress=False)
+    assert warned == []

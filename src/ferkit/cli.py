@@ -38,6 +38,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for name, c in report["per_class"].items():
         print(f"{name:<12} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>6.3f} "
               f"{c['support']:>8}")
+    if report.get("absent_classes"):
+        print(f"macro-F1 averages the classes present; no {report['split']} images of: "
+              f"{', '.join(report['absent_classes'])}")
     if args.out:
         print(f"report written to {args.out}")
     return 0
@@ -59,11 +62,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_pack(args: argparse.Namespace) -> int:
-    from .data import load
+    from .data import DataError, load
 
     faces = load(args.path)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    packed = faces.subset(splits)
+    if not splits:  # a 0-image pack would only fail later, on the training machine
+        raise DataError(
+            f"{args.path}: --splits {args.splits!r} names no split; it has "
+            f"{','.join(faces.split_names)}"
+        )
+    packed = faces.subset(splits)  # a split it does not have is an error there
     path = packed.save_pack(args.out)
     size = path.stat().st_size
     print(f"packed {len(packed)} images ({', '.join(splits)}) into {path} "
@@ -72,10 +80,13 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from .data import load
+    from .data import load, load_ferplus
     from .data.check import check_report, format_check
 
-    report = check_report(load(args.path, skip_bad=args.skip_bad))
+    faces = load(args.path, skip_bad=args.skip_bad)
+    if args.ferplus:  # the class table of the FER+ majority labels, and what they drop
+        faces = load_ferplus(faces, args.ferplus)
+    report = check_report(faces)
     print(json.dumps(report, indent=2) if args.json else format_check(report))
     return 0
 
@@ -95,6 +106,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .argtypes import number
 
     p = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition.")
     p.add_argument("--version", action="version", version=f"ferkit {__version__}")
@@ -108,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override recipe keys, e.g. epochs=1 batch_size=128 augment.erasing=0.5")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    t.add_argument("--max-minutes", type=float, default=None,
+    t.add_argument("--max-minutes", type=number(0, open_low=True), default=None,
                    help="stop cleanly (with a checkpoint) before an epoch that would not fit")
-    t.add_argument("--init-from", default=None, help="checkpoint to fine-tune from")
+    t.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="weights to fine-tune from: shipped weights by name (mba_cnn-fer2013), "
+                   "a checkpoint or a run folder, as predict --model takes")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="score a checkpoint on a split")
-    e.add_argument("--checkpoint", required=True, help="checkpoint path (with or without suffix)")
+    e.add_argument("--checkpoint", required=True, metavar="MODEL",
+                   help="shipped weights by name (mba_cnn-fer2013), a checkpoint path (with or "
+                   "without suffix) or a run folder (its best checkpoint)")
     e.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     e.add_argument("--split", default="PrivateTest")
     e.add_argument("--tta", default="none", choices=["none", "flip", "ten-crop"])
@@ -140,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True)
     rp.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     rp.add_argument("--device", default="auto")
-    rp.add_argument("--max-minutes", type=float, default=None, help="per recipe")
+    rp.add_argument("--max-minutes", type=number(0, open_low=True), default=None,
+                    help="per run (a run cut short resumes on the next call)")
     rp.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ recipes")
     rp.set_defaults(func=_cmd_reproduce)
 
@@ -155,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("path")
     ck.add_argument("--json", action="store_true")
     ck.add_argument("--skip-bad", action="store_true", help="report and skip malformed rows")
+    ck.add_argument("--ferplus", default=None, metavar="FER2013NEW_CSV",
+                    help="join FER+ votes (fer2013new.csv) and check the FER+ majority labels")
     ck.set_defaults(func=_cmd_data_check)
 
     m = sub.add_parser("models", help="list the registered models")

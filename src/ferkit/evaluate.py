@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .augment import normalize, tta_views
-from .checkpoint import load_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
 from .data.check import warn_if_resplit
 from .metrics import (
@@ -23,6 +22,7 @@ from .metrics import (
     write_markdown_report,
 )
 from .train import find_ferplus_votes, resolve_device
+from .weights import available_weights, load_model
 
 TTA_MODES = ("none", "flip", "ten-crop")
 BACKENDS = ("torch", "onnx")
@@ -123,17 +123,20 @@ def evaluate(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     dev = torch.device("cpu") if backend == "onnx" else resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, dev)
+    model, meta = load_model(checkpoint, dev)  # a shipped name, a checkpoint, a run folder
     if backend == "onnx":  # the checkpoint just loaded, exported (once, into the cache)
         from .export import onnx_backend
 
         model, _ = onnx_backend((model, meta))
     faces = load_eval_data(meta, data, ferplus)
+    subset = faces.subset(split)  # a split the data lacks: the error, before any warning
     warn_if_resplit(faces, split)
-    subset = faces.subset(split)
     if (subset.labels < 0).any():
         raise DataError(f"{data}: split {split} has unlabelled rows; it cannot be scored")
     show = sys.stderr.isatty() if progress is None else progress
+    if not show:  # no progress bar (a log file): one line, so a long TTA is not silent
+        print(f"ferkit: scoring {checkpoint} on {len(subset):,} images of {split} (TTA {tta}, "
+              f"{backend} on {dev})", file=sys.stderr, flush=True)
     probs = predict_probs(model, subset.images, tta, device=dev, progress=show)
     report = classification_report(probs, subset.labels, list(meta["class_names"]))
     report.update(
@@ -148,11 +151,22 @@ def evaluate(
         val_acc=meta.get("metrics", {}).get("val_acc"),
     )
     if out is not None:
-        write_outputs(report, Path(out), Path(checkpoint))
+        write_outputs(report, Path(out), run_folder(checkpoint))
     return report
 
 
-def write_outputs(report: dict, out: Path, checkpoint: Path) -> None:
+def run_folder(checkpoint: str | os.PathLike) -> Path | None:
+    """The training run a checkpoint belongs to (its metrics.jsonl there), or None for
+    shipped weights given by name."""
+    if str(checkpoint) in available_weights():  # load_model's order: a name wins
+        return None
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
+
+
+def write_outputs(report: dict, out: Path, run: Path | None) -> None:
+    """``SPLIT-TTA.json`` / ``.md`` and plots per TTA mode (scoring several modes into one
+    folder keeps them all), and ``report.md``: every mode's report in the folder."""
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['split']}-{report['tta']}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
@@ -163,15 +177,35 @@ def write_outputs(report: dict, out: Path, checkpoint: Path) -> None:
         plot_reliability(report, out / f"{stem}-reliability.png")
         images = {"Confusion matrix": f"{stem}-confusion.png",
                   "Reliability diagram": f"{stem}-reliability.png"}
-        log = checkpoint.parent / "metrics.jsonl"
-        if log.exists():
+        log = run / "metrics.jsonl" if run is not None else None
+        if log is not None and log.exists():
             rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             plot_training_curves(rows, out / "training-curves.png")
             images["Training curves"] = "training-curves.png"
     except ImportError as exc:
         print(f"ferkit: plots skipped ({exc})", file=sys.stderr)
     write_markdown_report(
-        report, out / "report.md", title=f"{report['model']}: {report['split']}",
-        extra={k: report[k] for k in ("split", "tta", "checkpoint", "data", "trained_epochs")},
+        report, out / f"{stem}.md", title=f"{report['model']}: {report['split']}, TTA {report['tta']}",
+        extra={k: report[k] for k in ("split", "tta", "backend", "checkpoint", "data",
+                                      "trained_epochs")},
         images=images,
     )
+    write_report_index(out)
+
+
+def write_report_index(out: Path) -> Path:
+    """``report.md``: the reports of every split and TTA mode scored into `out`, in TTA
+    order (none, flip, ten-crop), one after the other."""
+    parts = []
+    for file in sorted(out.glob("*.json")):
+        try:
+            report = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        md = file.with_name(file.stem + ".md")
+        if isinstance(report, dict) and report.get("tta") in TTA_MODES and md.exists():
+            parts.append(((report.get("split", ""), TTA_MODES.index(report["tta"])), md))
+    text = "\n".join(md.read_text(encoding="utf-8") for _, md in sorted(parts))
+    index = out / "report.md"
+    index.write_text(text, encoding="utf-8")
+    return index

@@ -135,7 +135,10 @@ def classification_report(
 
     Returns:
         A JSON-serialisable dict with ``num_samples``, ``accuracy`` (fraction correct),
-        ``macro_f1`` (unweighted mean of per-class F1 over all C classes), ``per_class``
+        ``macro_f1`` (unweighted mean of per-class F1 over the classes that occur in
+        ``labels``, as scikit-learn's labels present: a class with no test images has no
+        F1 to average), ``absent_classes`` (names of the classes without a true sample, in
+        column order; listed, not averaged), ``per_class``
         ({name: {precision, recall, f1, support}}), ``confusion_matrix`` (counts, rows = true,
         cols = predicted), ``confusion_matrix_normalized`` (row-normalised), ``ece``
         (expected calibration error), ``nll`` (mean negative log-likelihood) and
@@ -150,10 +153,12 @@ def classification_report(
     cm = confusion_matrix(labels, preds, probs.shape[1])
     precision, recall, f1, support = per_class_scores(cm)
     reliability = reliability_bins(probs.max(axis=1), correct, num_bins)
+    present = support > 0  # N >= 1: at least one class is present
     return {
         "num_samples": int(labels.shape[0]),
         "accuracy": float(correct.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[present].mean()),
+        "absent_classes": [name for name, p in zip(class_names, present, strict=True) if not p],
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -279,6 +284,8 @@ def _series(log_rows: list[dict[str, Any]], key: str) -> tuple[list[float], list
 def plot_training_curves(log_rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Two panels, loss and accuracy per epoch, train vs val; keys missing from a row are skipped."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in zip(axes, ("loss", "acc"), ("loss", "accuracy"), strict=True):
         for split in ("train", "val"):
@@ -290,6 +297,7 @@ def plot_training_curves(log_rows: list[dict[str, Any]], path: str | os.PathLike
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(label)
         ax.set_title(label.capitalize())
         ax.grid(alpha=0.3)
@@ -334,6 +342,9 @@ def write_markdown_report(
         ["NLL", report["nll"]],
         ["N", report["num_samples"]],
     ]
+    if report.get("absent_classes"):
+        summary.append(["classes without test images (not in macro-F1)",
+                        ", ".join(report["absent_classes"])])
     summary += [[key, value] for key, value in (extra or {}).items()]
     per_class = [
         [name, s["precision"], s["recall"], s["f1"], s["support"]]

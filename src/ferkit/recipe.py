@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class Recipe:
     targets: str = "hard"  # "soft": FER+ vote distributions
     train_splits: list[str] = field(default_factory=lambda: ["Training"])
     val_split: str = "PublicTest"
+    # where the data has no val_split (e.g. plain class folders: one split, "all"), hold out
+    # this fraction of the training split, stratified by class and seeded, for selection
+    val_fraction: float = 0.0
     epochs: int = 300
     batch_size: int = 64
     optimizer: str = "adam"
@@ -65,6 +69,7 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
+        self._check_collections()
         if isinstance(self.train_splits, str):
             self.train_splits = [self.train_splits]
         # a list val_split (FaceSet.subset takes one) must not smuggle the test split in
@@ -103,9 +108,66 @@ class Recipe:
             raise ValueError("soft targets need dataset: ferplus (the vote distributions)")
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights {self.class_weights!r}: use none or balanced")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
-        AugmentConfig.from_dict(self.augment)
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("recipe key nesterov: Nesterov SGD needs momentum > 0 "
+                             "(set momentum, or nesterov: false)")
+        self._check_ranges()
+        check_augment(AugmentConfig.from_dict(self.augment))
+
+    def _check_collections(self) -> None:
+        """Keys that hold a mapping or split names: the wrong type is a clear error here, not
+        a TypeError deep in training."""
+        from .models import list_models
+
+        for key in ("name", "model"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"recipe key {key}: expected a name, got {getattr(self, key)!r}")
+        if self.model not in list_models():
+            raise ValueError(f"recipe key model: {self.model!r} is not a model; use one of "
+                             f"{list_models()} (`ferkit models` lists them)")
+        for key in ("model_options", "augment"):
+            if getattr(self, key) is None:
+                setattr(self, key, {})
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"recipe key {key}: expected a mapping of option: value, got "
+                                 f"{getattr(self, key)!r}")
+        for key in ("train_splits", "val_split"):
+            value = getattr(self, key)
+            names = [value] if isinstance(value, str) else value
+            if not isinstance(names, list | tuple) or not names or not all(
+                isinstance(n, str) and n for n in names
+            ):
+                hint = ("; for data without a validation split set val_fraction (e.g. 0.1) "
+                        "instead" if key == "val_split" else "")
+                raise ValueError(f"recipe key {key}: expected a split name or a list of split "
+                                 f"names (e.g. Training, PublicTest), got {value!r}{hint}")
+        if self.ferplus_csv is not None and not isinstance(self.ferplus_csv, str):
+            raise ValueError(f"recipe key ferplus_csv: expected a file name, got "
+                             f"{self.ferplus_csv!r}")
+
+    def _check_ranges(self) -> None:
+        """Numbers in their ranges, checked before any data is read or any step is run."""
+        def need(key: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"recipe key {key}: expected {expected}, got "
+                                 f"{getattr(self, key)!r}")
+
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            need(key, getattr(self, key) >= 1, "a positive integer")
+        for key in ("lr", "weight_decay", "min_lr", "warmup_epochs", "plateau_patience"):
+            need(key, getattr(self, key) >= 0, "a number >= 0")
+        need("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        need("plateau_factor", 0 < self.plateau_factor <= 1, "a number in (0, 1]")
+        need("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
+        need("ema", 0 <= self.ema < 1, "a decay in [0, 1) (0 disables EMA)")
+        need("val_fraction", 0 <= self.val_fraction < 1,
+             "a fraction in [0, 1) of the training split (0: none held out)")
+        need("time_budget_minutes",
+             self.time_budget_minutes is None or self.time_budget_minutes > 0,
+             "minutes > 0 (or null: no budget)")
+        for key in ("lr", "weight_decay", "min_lr", "momentum", "label_smoothing", "ema",
+                    "val_fraction", "warmup_epochs", "plateau_factor"):
+            need(key, math.isfinite(getattr(self, key)), "a finite number")
 
     def _coerce_numbers(self) -> None:
         """Numbers as numbers: YAML reads ``1e-3`` (no dot) as a string, for instance."""
@@ -113,6 +175,8 @@ class Recipe:
         for f in dataclasses.fields(self):
             kind = kinds.get(str(f.type).split(" |")[0])
             value = getattr(self, f.name)
+            if kind is not None and value is None and "None" not in str(f.type):
+                raise ValueError(f"recipe key {f.name}: expected {f.type}, got null")
             if kind is None or value is None or isinstance(value, kind):
                 continue
             if kind is bool or isinstance(value, bool):
@@ -150,6 +214,30 @@ class Recipe:
             raise ValueError(f"{path}: a recipe is a mapping of keys to values")
         d.setdefault("name", path.stem)
         return cls.from_dict(apply_overrides(d, overrides or []))
+
+
+#: Augmentation options that are probabilities, and those that are ranges of magnitudes.
+AUGMENT_PROBABILITIES = ("hflip", "vflip", "erasing")
+AUGMENT_MAGNITUDES = ("rotation", "shear", "translate", "mixup", "cutmix")
+
+
+def check_augment(cfg: AugmentConfig) -> AugmentConfig:
+    """Ranges of the augmentation options (their types `AugmentConfig.from_dict` checks)."""
+    def need(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"recipe key augment.{key}: expected {expected}, got "
+                             f"{getattr(cfg, key)!r}")
+
+    for key in AUGMENT_PROBABILITIES:
+        need(key, 0 <= getattr(cfg, key) <= 1, "a probability in [0, 1]")
+    for key in AUGMENT_MAGNITUDES:
+        need(key, 0 <= getattr(cfg, key) < math.inf, "a finite number >= 0")
+    need("translate", cfg.translate <= 1, "a fraction of the image size in [0, 1]")
+    need("scale", 0 < cfg.scale[0] <= cfg.scale[1] < math.inf,
+         "a zoom range [low, high] with 0 < low <= high")
+    need("erasing_area", 0 < cfg.erasing_area[0] <= cfg.erasing_area[1] <= 1,
+         "an area range [low, high] with 0 < low <= high <= 1")
+    return cfg
 
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:

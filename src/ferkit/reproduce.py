@@ -24,8 +24,8 @@ from .evaluate import evaluate
 from .fileio import write_atomically
 from .models import create_model
 from .models.info import count_macs, count_params
-from .recipe import Recipe
-from .train import fit
+from .recipe import TEST_SPLIT, Recipe
+from .train import describe_changes, fit, recipe_changes, saved_run
 
 #: Published test accuracies to print beside ours (single model), by (model, dataset).
 PUBLISHED = {
@@ -74,6 +74,39 @@ def dataset_md5(data: str | os.PathLike) -> str | None:
     return load(data).info.get("md5")
 
 
+def check_test_data(data: str | os.PathLike) -> str | None:
+    """The md5 of `data`, which must hold a labelled PrivateTest to score: checked before any
+    training or scoring (a Training+PublicTest pack fails here, not after hours)."""
+    faces = load(data)
+    if TEST_SPLIT not in faces.split_names:
+        raise DataError(
+            f"{data}: no {TEST_SPLIT} split to score (it has {faces.split_names}); give the "
+            f"full dataset (e.g. fer2013.csv), not a pack of the training splits"
+        )
+    if (faces.labels[faces.splits == TEST_SPLIT] < 0).any():
+        raise DataError(f"{data}: its {TEST_SPLIT} rows are unlabelled (a Kaggle test.csv?); "
+                        "they cannot be scored")
+    return faces.info.get("md5")
+
+
+def split_label(val_split: str | list[str]) -> str:
+    """A run's selection split as one string (a list of splits joined with +)."""
+    return val_split if isinstance(val_split, str) else "+".join(val_split)
+
+
+def run_key(run: Path) -> tuple[str, str, int]:
+    """``(recipe, selection split, seed)`` of a finished run: one seed counts once per row."""
+    if not run.is_dir():
+        raise DataError(f"{run}: no such folder" if not run.exists() else
+                        f"{run}: not a folder (give the run's folder)")
+    summary_file = run / "summary.json"
+    if not summary_file.exists():
+        raise DataError(f"{run}: no summary.json (the run did not finish an epoch)")
+    recipe = read_metadata(run_checkpoint(run))["recipe"]
+    val_split = json.loads(summary_file.read_text()).get("val_split", recipe.get("val_split"))
+    return recipe.get("name"), split_label(val_split), recipe.get("seed")
+
+
 def score_run(
     run: str | os.PathLike, data: str | os.PathLike, tta: str = "ten-crop",
     device: str = "auto", ferplus: str | None = None, backend: str = "torch",
@@ -84,10 +117,8 @@ def score_run(
     ``data_md5``: the dataset's md5 when the caller has it (a table of many runs reads the
     data once for it, not once per run)."""
     run = Path(run)
-    summary_file = run / "summary.json"
-    if not summary_file.exists():
-        raise DataError(f"{run}: no summary.json (the run did not finish an epoch)")
-    summary = json.loads(summary_file.read_text())
+    run_key(run)  # a folder, with a summary and a checkpoint
+    summary = json.loads((run / "summary.json").read_text())
     checkpoint = run_checkpoint(run)
     meta = read_metadata(checkpoint)
     recipe = Recipe.from_dict(meta["recipe"])
@@ -102,6 +133,7 @@ def score_run(
     cache = run / SCORES_FILE
     kept = json.loads(cache.read_text()) if cache.exists() else {}
     scores = kept.get("scores", {}) if kept.get("fingerprint") == fingerprint else {}
+    kept_modes = [mode for mode in dict.fromkeys(("none", tta)) if mode in scores]
     for mode in dict.fromkeys(("none", tta)):
         if mode not in scores:
             report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus,
@@ -110,6 +142,10 @@ def score_run(
                             "num_samples": report["num_samples"]}
             text = json.dumps({"fingerprint": fingerprint, "scores": scores}, indent=2)
             write_atomically(cache, lambda tmp, text=text: tmp.write_text(text))
+    print(f"ferkit reproduce: {run}: PrivateTest single-crop {100 * scores['none']['accuracy']:.2f}%"
+          f", {tta} {100 * scores[tta]['accuracy']:.2f}%"
+          + (f" (kept in {SCORES_FILE})" if len(kept_modes) == len({"none", tta}) else ""),
+          file=sys.stderr, flush=True)
     return {
         "run": str(run),
         "recipe": recipe.name,
@@ -120,6 +156,7 @@ def score_run(
         "num_classes": len(meta["class_names"]),
         "augmentation": describe_augment(recipe),
         "val_acc": summary["best_val_acc"],
+        "val_split": split_label(summary.get("val_split", recipe.val_split)),
         "test_acc": scores["none"]["accuracy"],
         "test_acc_tta": scores[tta]["accuracy"],
         "tta": tta,
@@ -137,13 +174,15 @@ def spread(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, statistics.stdev(values) if len(values) > 1 else None
 
 
-def group_rows(rows: list[dict]) -> list[dict]:
-    """One row per recipe, in first-seen order, with mean and spread over its seeds."""
-    groups: dict[str, list[dict]] = {}
+def group_rows(rows: list[dict], overrides: Sequence[str] = ()) -> list[dict]:
+    """One row per recipe and selection split, in first-seen order, with mean and spread over
+    its seeds (runs of a recipe that selected on another split than PublicTest are a row of
+    their own: their numbers are not the protocol's)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault(row["recipe"], []).append(row)
+        groups.setdefault((row["recipe"], row.get("val_split", "PublicTest")), []).append(row)
     out = []
-    for name, runs in groups.items():
+    for (name, val_split), runs in groups.items():
         seeds = [r["seed"] for r in runs]
         twice = sorted({s for s in seeds if seeds.count(s) > 1})
         if twice:
@@ -156,6 +195,8 @@ def group_rows(rows: list[dict]) -> list[dict]:
         epochs = sorted(r["epochs_done"] for r in runs)
         out.append({
             "recipe": name,
+            "val_split": val_split,
+            "overrides": list(overrides),
             "model": first["model"],
             "dataset": first["dataset"],
             "params": count_params(model),
@@ -173,7 +214,9 @@ def group_rows(rows: list[dict]) -> list[dict]:
             "backend": first["backend"],
             "wall_minutes": statistics.fmean(r["wall_minutes"] for r in runs),
             "device": ", ".join(sorted({r["device"] for r in runs})),
-            "published": PUBLISHED.get((first["model"], first["dataset"]), ""),
+            # the paper's number only beside runs of its protocol (selected on PublicTest)
+            "published": PUBLISHED.get((first["model"], first["dataset"]), "")
+            if val_split == "PublicTest" else "",
         })
     return out
 
@@ -185,7 +228,7 @@ def percent(stat: tuple[float, float | None]) -> str:
 
 def claim_lines(groups: list[dict]) -> list[str]:
     """The paper's claims that the table can answer, in plain words."""
-    by_name = {g["recipe"]: g for g in groups}
+    by_name = {g["recipe"]: g for g in groups if g.get("val_split", "PublicTest") == "PublicTest"}
     lines = []
     for question, ref, variant in CLAIMS:
         if ref not in by_name or variant not in by_name:
@@ -244,22 +287,32 @@ def write_table(groups: list[dict], out: Path) -> Path:
     installed, ``results.png`` (every seed's accuracy per recipe) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     tta = groups[0]["tta"] if groups else "ten-crop"
+    # the selection column is named by the split the runs selected on; where rows differ,
+    # each cell names its own
+    splits = sorted({g.get("val_split", "PublicTest") for g in groups}) or ["PublicTest"]
+    mixed = len(splits) > 1
     lines = [
         "| recipe | model | params | GMACs | branches | augmentation | seeds | epochs | "
-        f"PublicTest (select) | PrivateTest single-crop | PrivateTest {tta} TTA | "
-        "train (min/run) | device | published |",
+        f"{'selection (split)' if mixed else f'{splits[0]} (select)'} | "
+        f"PrivateTest single-crop | PrivateTest {tta} TTA | train (min/run) | device | "
+        "published |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
+        select = percent(g["val_acc"]) + (f" ({g.get('val_split', 'PublicTest')})" if mixed else "")
         lines.append(
             f"| {g['recipe']} | {g['model']} | {g['params']:,} | {g['gmacs']:.3f} | "
             f"{g['branches']} | {g['augmentation']} | {len(g['seeds'])} | {g['epochs']} | "
-            f"{percent(g['val_acc'])} | {percent(g['test_acc'])} | {percent(g['test_acc_tta'])} "
+            f"{select} | {percent(g['test_acc'])} | {percent(g['test_acc_tta'])} "
             f"| {g['wall_minutes']:.1f} | {g['device']} | {g['published']} |"
         )
     backends = ", ".join(sorted({g["backend"] for g in groups}))
     lines += ["", "Mean ± sample standard deviation over the seeds; PrivateTest scored once "
-              f"per run ({backends}), after selection on PublicTest."]
+              f"per run ({backends}), after selection on {' or '.join(splits)}."]
+    overrides = sorted({o for g in groups for o in g.get("overrides", [])})
+    if overrides:
+        lines += ["", "Recipe keys set on the command line (every run): `--set "
+                  f"{' '.join(overrides)}`."]
     claims = claim_lines(groups)
     if claims:
         lines += ["", "The paper's claims:", *claims]
@@ -280,11 +333,19 @@ def table_from_runs(
     backend: str = "torch",
 ) -> Path:
     """Score finished run folders (each once) and write their table; a bad run is reported
-    and left out."""
-    rows, md5 = [], dataset_md5(data)
+    and left out, and so is a run whose recipe and seed an earlier folder already gave (a
+    seed counts once)."""
+    rows, md5, seen = [], check_test_data(data), {}
     for run in runs:
         try:
+            key = run_key(Path(run))  # before scoring: a clash costs no TTA pass
+            if key in seen:
+                print(f"ferkit reproduce: skipped {run}: recipe {key[0]} seed {key[2]} is "
+                      f"already in the table from {seen[key]} (a seed counts once)",
+                      file=sys.stderr)
+                continue
             rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
+            seen[key] = run
         except (DataError, OSError, KeyError, ValueError) as exc:
             print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)
     if not rows:
@@ -306,18 +367,52 @@ def reproduce(
 ) -> Path:
     """Train each recipe (once per seed) into ``out/<name>[-s<seed>]``, score PrivateTest
     once per run, write ``results.md``. A finished run (with its summary.json) is not trained
-    again; one cut short (a last.state.pt only) resumes."""
+    again; one cut short (a last.state.pt, or stopped by --max-minutes) resumes. A run
+    folder that holds a run of other recipe keys (an earlier ``--set epochs=1``, say) is an
+    error before anything trains: its numbers are not the recipe's."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, md5 = [], dataset_md5(data)
+    md5 = check_test_data(data)  # before hours of training, not after
+    plan = []
     for path in recipes:
         for seed in seeds if seeds else [None]:
             extra = [] if seed is None else [f"seed={seed}"]
             recipe = Recipe.from_yaml(path, [*(overrides or []), *extra])
             run = out / (recipe.name if seed is None else f"{recipe.name}-s{seed}")
-            if not (run / "summary.json").exists():  # a run cut short resumes
-                fit(recipe, data, run, device=device, max_minutes=max_minutes,
-                    resume=(run / "last.state.pt").exists())
-            rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
-            write_table(group_rows(rows), out)
+            plan.append((recipe, run, run_action(run, recipe)))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for recipe, run, action in plan:
+        if action != "score":
+            fit(recipe, data, run, device=device, max_minutes=max_minutes,
+                resume=action == "resume")
+        rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
+        write_table(group_rows(rows, overrides or []), out)
     return out / "results.md"
+
+
+def run_action(run: Path, recipe: Recipe) -> str:
+    """What `reproduce` does with `run`: ``train`` (no run there yet), ``resume`` (one cut
+    short) or ``score`` (a finished run); a run of other recipe keys is a DataError that
+    names the folder and the keys."""
+    summary_file, state = run / "summary.json", run / "last.state.pt"
+    if not summary_file.exists() and not state.exists():
+        return "train"
+    saved = saved_run(run).get("recipe")
+    changes = recipe_changes(saved, recipe) if saved is not None else {}
+    if saved is None or changes:
+        found = (f"was trained with {describe_changes(changes)} (then -> now)" if changes
+                 else "holds a run whose recipe is unknown (no last.json or recipe.json)")
+        raise DataError(
+            f"{run} {found}: its numbers are not those of recipe {recipe.name!r} as asked now. "
+            "Remove or rename the folder to train it again, give the same --set keys, or use "
+            "another --out"
+        )
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    except (OSError, ValueError):
+        summary = {}
+    if summary and summary.get("stop_reason") != "max_minutes":
+        return "score"
+    if not state.exists():
+        raise DataError(f"{run}: the run was cut short but holds no last.state.pt to resume")
+    return "resume"

@@ -9,6 +9,7 @@ is not starved by Python; with ``cuda_graph`` a step is one replayed CUDA graph.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -26,13 +27,14 @@ from torch import nn
 
 from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, normalize
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import read_metadata, save_checkpoint
 from .data import DataError, FaceSet, load, load_ferplus
 from .data.fer2013 import COMPRESSED_OPENERS
 from .fileio import write_atomically
 from .models import create_model
 from .recipe import Recipe
 from .step import TrainStep
+from .weights import load_model
 
 
 @dataclass
@@ -135,18 +137,122 @@ def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path
     )
 
 
-def load_data(recipe: Recipe, data: str | os.PathLike) -> tuple[FaceSet, FaceSet]:
+def hold_out(part: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceSet]:
+    """``(train, val)``: a `fraction` of `part` held out for selection, stratified by class
+    (each class with two images or more gives at least one, and keeps at least one) and
+    drawn from `seed`, so a resumed run holds out the very same images."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(part), dtype=bool)
+    for label in np.unique(part.labels):
+        rows = np.flatnonzero(part.labels == label)
+        k = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
+        chosen[rng.permutation(rows)[:k]] = True
+    if not chosen.any() or chosen.all():
+        raise DataError(f"{part.source or 'data'}: {len(part)} training images are too few to "
+                        f"hold out val_fraction {fraction:g} of them for selection")
+    return part.select(~chosen), part.select(chosen)
+
+
+def load_data(recipe: Recipe, data: str | os.PathLike) -> tuple[FaceSet, FaceSet, str]:
+    """``(train, val, val_name)``: the recipe's splits of `data`; ``val_name`` says what the
+    selection split is (``val_split``, or the part of the training split held out by
+    ``val_fraction`` where the data has no ``val_split``)."""
     faces = load(data)
     if recipe.dataset == "ferplus":
         faces = load_ferplus(faces, find_ferplus_votes(recipe.ferplus_csv, data))
-    train, val = faces.subset(recipe.train_splits), faces.subset(recipe.val_split)
+    missing = [s for s in recipe.train_splits if s not in faces.split_names]
+    if missing:
+        raise DataError(
+            f"{data}: no training split {missing}; it has {faces.split_names}: set recipe key "
+            f"train_splits (e.g. --set train_splits=[{faces.split_names[0]}])"
+        )
+    train = faces.subset(recipe.train_splits)
+    wanted = [recipe.val_split] if isinstance(recipe.val_split, str) else list(recipe.val_split)
+    if all(s in faces.split_names for s in wanted):
+        val, val_name = faces.subset(recipe.val_split), recipe.val_split
+    elif recipe.val_fraction > 0:
+        train, val = hold_out(train, recipe.val_fraction, recipe.seed)
+        val_name = f"{recipe.val_fraction:.0%} of {'+'.join(recipe.train_splits)} (held out)"
+    else:
+        raise DataError(
+            f"{data}: no validation split {[s for s in wanted if s not in faces.split_names]}; "
+            f"it has {faces.split_names}: set recipe key val_split to one of its splits, or "
+            "val_fraction to hold out part of the training split for selection (e.g. --set "
+            "val_fraction=0.1)"
+        )
     for name, part in (("training", train), ("validation", val)):
         if (part.labels < 0).any():
             raise DataError(
                 f"{data}: the {name} split has {(part.labels < 0).sum()} unlabelled rows (a "
                 "Kaggle test.csv has no labels): train and select on labelled splits"
             )
-    return train, val
+    return train, val, val_name
+
+
+def data_fingerprint(train: FaceSet, val: FaceSet) -> str:
+    """sha256 of the images, labels and classes a run trains and selects on: the same data
+    read from any layout (CSV, pack, folders) gives the same fingerprint."""
+    h = hashlib.sha256(json.dumps(list(train.class_names)).encode())
+    for part in (train, val):
+        for array in (part.images, part.labels, part.soft_labels):
+            if array is not None:
+                h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+#: Files of a run in its folder: a new run there would mix its log with the old one's.
+RUN_FILES = ("metrics.jsonl", "last.state.pt", "summary.json", "last.safetensors")
+#: Recipe keys a resumed run may change silently: its length.
+LENGTH_KEYS = ("epochs", "time_budget_minutes")
+#: Recipe keys that the saved state depends on (the weights' shapes, the optimizer's state
+#: and hyperparameters, which loading it restores, the steps per epoch, the RNG streams, the
+#: data): a resume that changes one would not continue the run its files describe.
+RESUME_FIXED_KEYS = (
+    "model", "model_options", "optimizer", "momentum", "nesterov", "weight_decay",
+    "batch_size", "seed", "ema", "dataset", "ferplus_csv", "targets", "train_splits",
+    "val_split", "val_fraction",
+)
+#: Seconds between progress lines when there is no progress bar (a log file).
+PROGRESS_SECONDS = 60
+
+
+def refuse_old_run(out: Path) -> None:
+    """A fresh run into a folder that holds a run is an error: its metrics.jsonl would get
+    the new epochs appended to the old ones (and best/last mix two runs)."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(found)}): continue it with --resume, or "
+            "train into another --out (or an empty folder)"
+        )
+
+
+def saved_run(out: Path) -> dict:
+    """The metadata of the run in `out` as last saved: last.json (written with each
+    last.state.pt), else its recipe.json alone (an older or damaged run)."""
+    try:
+        return read_metadata(out / "last")
+    except (FileNotFoundError, ValueError):
+        recipe_file = out / "recipe.json"
+        try:
+            return {"recipe": json.loads(recipe_file.read_text())}
+        except (OSError, ValueError):
+            return {}
+
+
+def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
+    """``{key: (saved value, value now)}`` for each recipe key that differs."""
+    try:  # the saved recipe with today's defaults filled in, as the one given now
+        before = Recipe.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        before = dict(saved)
+    now = recipe.to_dict()
+    return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
 def lr_at(recipe: Recipe, progress: float, epoch_progress: float, plateau_scale: float) -> float:
@@ -231,8 +337,17 @@ class Trainer:
     ):
         self.recipe = recipe
         self.out = Path(out)
+        if max_minutes is not None and not 0 < max_minutes < math.inf:
+            raise ValueError(f"--max-minutes {max_minutes}: expected minutes > 0 (leave it out "
+                             "for no limit)")
         self.dist, self.device = setup_distributed(resolve_device(device))
         self.max_minutes = max_minutes
+        self.resumed = resume
+        self.saved: dict = {}
+        if resume:  # the recipe first: no data is read for a resume that cannot be
+            self.saved = self._check_resumable()
+        else:
+            refuse_old_run(self.out)
         self.progress = sys.stderr.isatty() if progress is None else progress
         r = recipe
         if r.batch_size % self.dist.world:
@@ -242,9 +357,18 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.gen = torch.Generator(self.device).manual_seed(r.seed)
 
-        train, val = load_data(r, data)
+        train, val, self.val_name = load_data(r, data)
         self.class_names = train.class_names
-        self.data_info = {k: v for k, v in train.info.items() if k != "skipped"}
+        # what identifies the data; not the reader's lists of files it skipped or ignored,
+        # nor its remarks (paths of this machine, in every checkpoint)
+        self.data_info = {k: v for k, v in train.info.items()
+                          if k not in ("skipped", "ignored", "notes")}
+        self.data_info["content_sha256"] = data_fingerprint(train, val)
+        if self.val_name != r.val_split:  # held out by val_fraction: which part, how many
+            self.data_info["held_out"] = {
+                "from": list(r.train_splits), "fraction": r.val_fraction, "seed": r.seed,
+                "train_images": len(train), "val_images": len(val),
+            }
         self.x_train = torch.from_numpy(train.images).to(self.device)
         self.y_train = torch.from_numpy(train.labels).to(self.device)
         self.soft_train = (
@@ -310,10 +434,22 @@ class Trainer:
     # ---- checkpoints ----
 
     def _init_from(self, path: str) -> dict:
-        """Load the weights that fit; returns what the run's metadata records of the source."""
-        source, meta = load_checkpoint(path)
+        """Load the weights that fit; returns what the run's metadata records of the source.
+
+        `path`: what ``predict --model`` takes (shipped weights by name, a checkpoint, a run
+        folder). Where not even half of the model's tensors fit, the source is another
+        architecture: an error, not a run from scratch under a fine-tuning label."""
+        source, meta = load_model(path)
         own = self.model.state_dict()
         state = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+        if len(state) < len(own) / 2:
+            r = self.recipe
+            raise ValueError(
+                f"--init-from {path}: only {len(state)} of the {len(own)} tensors of model "
+                f"{r.model!r} (options {r.model_options}) fit the checkpoint's model "
+                f"{meta['model']!r} (options {meta.get('model_options', {})}): fine-tune the "
+                "checkpoint's own model (recipe keys model, model_options)"
+            )
         skipped = sorted(set(own) - set(state))
         self.model.load_state_dict(state, strict=False)
         if skipped:
@@ -364,10 +500,52 @@ class Trainer:
         }
         write_atomically(self.out / "last.state.pt", lambda tmp: torch.save(state, tmp))
 
-    def _resume(self) -> None:
+    def _check_resumable(self) -> dict:
+        """The saved run's metadata, where the recipe given now may continue it: only its
+        length (and keys that do not touch the saved state, with a note) may change."""
         file = self.out / "last.state.pt"
         if not file.exists():
             raise FileNotFoundError(f"{file}: nothing to resume (no last.state.pt in {self.out})")
+        saved = saved_run(self.out)
+        if "recipe" not in saved:
+            raise ValueError(f"{self.out}: cannot resume: neither last.json nor recipe.json says "
+                             "which recipe the saved run trained")
+        changes = recipe_changes(saved["recipe"], self.recipe)
+        fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED_KEYS}
+        if fixed:
+            raise ValueError(
+                f"{self.out}: cannot resume: the saved run differs in {describe_changes(fixed)} "
+                f"(saved -> now): resume with the run's own recipe ({self.out / 'recipe.json'}; "
+                f"only {', '.join(LENGTH_KEYS)} and keys that leave the saved state as it is "
+                "may change), or train into another --out"
+            )
+        other = {k: v for k, v in changes.items() if k not in LENGTH_KEYS}
+        if other:
+            self._note(f"resuming {self.out} with changed recipe keys: "
+                       f"{describe_changes(other)} (the first recipe is kept in "
+                       "recipe-first.json)")
+        return saved
+
+    def _check_resumed_data(self) -> None:
+        """The data given now must be the data the saved run trained and selected on."""
+        before = self.saved.get("data") or {}
+        names = self.saved.get("class_names")
+        if names is not None and list(names) != list(self.class_names):
+            raise ValueError(f"{self.out}: cannot resume: the saved run's classes {names} differ "
+                             f"from the data's {list(self.class_names)}")
+        for key in ("content_sha256", "md5"):  # the images themselves; else the file's md5
+            if key in before and key in self.data_info:
+                if before[key] != self.data_info[key]:
+                    raise ValueError(
+                        f"{self.out}: cannot resume: the data differs from the saved run's "
+                        f"({key} {before[key]} then, {self.data_info[key]} now): resume with "
+                        "the same data (splits, held-out part), or train into another --out"
+                    )
+                return
+
+    def _resume(self) -> None:
+        self._check_resumed_data()
+        file = self.out / "last.state.pt"
         s = torch.load(file, map_location=self.device, weights_only=False)
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
@@ -418,8 +596,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.global_step += 1
-            if not self.progress and d.main and time.perf_counter() - last_note > 300:
-                # no progress bar in a log file: a line every five minutes instead
+            if not self.progress and d.main and time.perf_counter() - last_note > PROGRESS_SECONDS:
+                # no progress bar in a log file: a line every minute instead
                 last_note = time.perf_counter()
                 rate = (step + 1) * r.batch_size / (last_note - t0)
                 eta = (self.steps_per_epoch - step - 1) * r.batch_size / rate
@@ -464,6 +642,39 @@ class Trainer:
                 f"{row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s")
         print(line, file=sys.stderr, flush=True)
 
+    def _write_recipe(self) -> None:
+        """recipe.json: the recipe of the run as it now goes on; a resume with other keys
+        keeps the run's first recipe beside it (recipe-first.json), once."""
+        file, first = self.out / "recipe.json", self.out / "recipe-first.json"
+        text = json.dumps(self.recipe.to_dict(), indent=2)
+        if self.resumed and file.exists() and not first.exists():
+            try:
+                before = json.loads(file.read_text())
+            except (OSError, ValueError):
+                before = None
+            if before is not None and recipe_changes(before, self.recipe):
+                file.replace(first)
+        write_atomically(file, lambda tmp: tmp.write_text(text))
+
+    def _start_line(self) -> str:
+        """One line that says what is about to run (a log file otherwise stays silent until
+        the first epoch ends, minutes on a CPU)."""
+        r = self.recipe
+        params = sum(p.numel() for p in self.model.parameters())
+        device = f"{self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1
+                                     else "")
+        line = (f"training {r.model} ({params:,} parameters) on {device}: "
+                f"{len(self.x_train):,} training images ({'+'.join(r.train_splits)}), "
+                f"{len(self.x_val):,} validation ({self.val_name}), {self.steps_per_epoch:,} "
+                f"steps of {r.batch_size} per epoch, {self.planned_epochs} epochs planned")
+        if r.time_budget_minutes:
+            line += f" (fewer if the {r.time_budget_minutes:g}-minute budget is shorter)"
+        if self.epoch:
+            line += f"; resuming after epoch {self.epoch}"
+        if self.max_minutes:
+            line += f"; stops within {self.max_minutes:g} minutes"
+        return line
+
     def _from_rank0(self, value: float) -> float:
         if self.dist.world == 1:
             return value
@@ -484,7 +695,8 @@ class Trainer:
         r, d = self.recipe, self.dist
         if d.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2))
+            self._write_recipe()
+            self._note(self._start_line())
         writer = None
         if d.main:
             try:
@@ -519,7 +731,7 @@ class Trainer:
                 self._plan(epoch_total)
             if d.main:
                 self._log(row, writer)
-                metrics = {**row, "best_val_acc": self.best, "val_split": r.val_split}
+                metrics = {**row, "best_val_acc": self.best, "val_split": self.val_name}
                 if improved:
                     self.save("best", metrics)
                 self.save("last", metrics)
@@ -538,7 +750,7 @@ class Trainer:
             "epochs_planned": self.planned_epochs,
             "best_val_acc": self.best,
             "best_epoch": int(np.argmax([h["val_acc"] for h in self.history])) + 1 if self.history else 0,
-            "val_split": r.val_split,
+            "val_split": self.val_name,
             "wall_seconds": self.elapsed,
             "stop_reason": stop_reason,
             "device": str(self.device),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import _base, _file, load_checkpoint
 
 DEFAULT_MODEL = "mba_cnn-fer2013"
 
@@ -55,12 +55,12 @@ def load_model(
             + (f"pass one of its checkpoints: {', '.join(str(path / f) for f in found)}"
                if found else "it holds no .safetensors checkpoint")
         )
-    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    if base.with_suffix(".safetensors").exists():
+    base = _base(path)  # not with_suffix: a name such as best-lr0.5 has a dot of its own
+    if _file(base, ".safetensors").exists():
         return load_checkpoint(base, device)
     available = ", ".join(shipped) if shipped else "none are installed in this copy of ferkit"
     raise FileNotFoundError(
         f"{name}: neither shipped weights (available: {available}) nor a checkpoint "
-        f"({base.with_suffix('.safetensors')} not found); pass the path of a checkpoint "
+        f"({_file(base, '.safetensors')} not found); pass the path of a checkpoint "
         "written by `ferkit train`"
     )
