@@ -45,7 +45,7 @@ for spec in "$@"; do
   if [ "$base" != "$recipe" ]; then name="$variant-s${base#*@}"; sets+=("seed=${base#*@}"); fi
   names+=("$name")
   # the run's own keys come last: they win over EXTRA's
-  python -m ferkit train --recipe "recipes/$recipe.yaml" --data "$PACK" --out "$OUT/runs/$name" \
+  python -m ferkit train --recipe "$recipe" --data "$PACK" --out "$OUT/runs/$name" \
     --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
     ${sets[@]:+--set "${sets[@]}"} > "$OUT/$name.log" 2>&1 &
 done

@@ -21,7 +21,7 @@ from ferkit.recipe import Recipe, apply_overrides
 
 torch.set_num_threads(1)
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "ferkit" / "recipes"
 #: every geometric and erasing option off
 OFF = dict(
     hflip=0.0, vflip=0.0, rotation=0.0, scale=(1.0, 1.0), shear=0.0, translate=0.0, erasing=0.0
@@ -320,3 +320,20 @@ def test_recipe_refuses_the_test_split(tmp_path, overrides):
         Recipe.from_yaml(path)
     with pytest.raises(ValueError, match="PrivateTest"):
         Recipe(**{key: __import__("yaml").safe_load(value)})
+
+
+def test_recipes_by_name_or_path(tmp_path, monkeypatch):
+    from ferkit.recipe import list_recipes
+
+    assert {"paper", "best", "finetune"} <= set(list_recipes())
+    assert Recipe.from_yaml("paper") == Recipe.from_yaml("paper.yaml")
+    assert Recipe.from_yaml("paper") == Recipe.from_yaml(RECIPES / "paper.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper").mkdir()  # a run folder of that name is not the recipe
+    assert Recipe.from_yaml("paper").name == "paper"
+    (tmp_path / "paper.yaml").write_text("name: mine\nmodel: mba_cnn\nepochs: 1\n")
+    assert Recipe.from_yaml("paper.yaml").name == "mine"  # a file as given wins
+    with pytest.raises(ValueError, match="no such recipe.*paper-noaug"):
+        Recipe.from_yaml("nope")
+    with pytest.raises(ValueError, match="no such recipe"):
+        Recipe.from_yaml("sub/paper.yaml")  # a path is a path: no fallback to the name

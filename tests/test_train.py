@@ -399,8 +399,7 @@ def test_gpu_script_dry_run(pack, tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     work = tmp_path / "work"
-    (work / "recipes").mkdir(parents=True)
-    shutil.copy(REPO / "recipes" / "cpu.yaml", work / "recipes" / "cpu.yaml")
+    work.mkdir()  # the script names recipes; the shipped ones come with the package
     (work / "src").symlink_to(REPO / "src")
     out = tmp_path / "out"
     extra = (
@@ -886,7 +885,7 @@ def test_finetune_recipe_on_class_folders(env, tmp_path):
         folder = root / faces.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / f"{i}.png")
-    recipe = Recipe.from_yaml(REPO / "recipes" / "finetune.yaml")
+    recipe = Recipe.from_yaml("finetune")
     assert recipe.val_fraction == 0.1 and recipe.train_splits == ["all"]
     train, val, name = load_data(recipe, root)
     assert (len(train), len(val), name) == (23, 7, "10% of all (held out)")
@@ -947,7 +946,7 @@ def test_eval_takes_shipped_names_and_run_folders(trained, pack, tmp_path, capsy
 )
 def test_recipe_values_are_checked_before_any_work(override, match):
     with pytest.raises(ValueError, match=f"recipe key {match}"):
-        Recipe.from_yaml(REPO / "recipes" / "paper.yaml", [override])
+        Recipe.from_yaml("paper", [override])
 
 
 def test_max_minutes_must_be_positive(pack, tmp_path, capsys):

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a recipe")
-    t.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
+    t.add_argument("--recipe", required=True, help="a recipe that ships with ferkit by name (paper, best, finetune, ...: "
+                   "src/ferkit/recipes/) or the path of a YAML recipe")
     t.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     t.add_argument("--out", required=True, help="run folder for checkpoints and logs")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

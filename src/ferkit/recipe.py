@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -205,7 +206,9 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
-        path = Path(path)
+        """A recipe file, or the name of one that ships with ferkit (``paper``, see
+        `list_recipes`), with ``KEY=VALUE`` overrides."""
+        path = recipe_path(path)
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -214,6 +217,28 @@ class Recipe:
             raise ValueError(f"{path}: a recipe is a mapping of keys to values")
         d.setdefault("name", path.stem)
         return cls.from_dict(apply_overrides(d, overrides or []))
+
+
+def _shipped_recipes() -> Path:
+    return Path(str(files("ferkit").joinpath("recipes")))
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes that ship with ferkit (``ferkit train --recipe NAME``)."""
+    return sorted(p.stem for p in _shipped_recipes().glob("*.yaml"))
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """The file of ``recipe``: a path as given where it exists, else a shipped recipe's
+    name (``paper`` or ``paper.yaml``); neither is an error that lists the names."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = _shipped_recipes() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ValueError(f"{recipe}: no such recipe file, nor a recipe that ships with ferkit "
+                     f"({', '.join(list_recipes())})")
 
 
 #: Augmentation options that are probabilities, and those that are ranges of magnitudes.
