@@ -45,7 +45,9 @@ for spec in "$@"; do
   if [ "$base" != "$recipe" ]; then name="$variant-s${base#*@}"; sets+=("seed=${base#*@}"); fi
   names+=("$name")
   # the run's own keys come last: they win over EXTRA's
-  python -m ferkit train --recipe "$recipe" --data "$PACK" --out "$OUT/runs/$name" \
+  # a recipe of the checkout's recipes/ folder (one of your own), else one ferkit ships
+  file=$recipe; [ -f "recipes/$recipe.yaml" ] && file="recipes/$recipe.yaml"
+  python -m ferkit train --recipe "$file" --data "$PACK" --out "$OUT/runs/$name" \
     --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
     ${sets[@]:+--set "${sets[@]}"} > "$OUT/$name.log" 2>&1 &
 done

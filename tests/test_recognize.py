@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,23 @@ def test_unreadable_files_raise_image_error_naming_the_file(recognizer, tmp_path
         assert "not an image PIL can read (expected JPEG, PNG" in str(caught.value)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_an_image_from_a_pipe(recognizer, astronaut, tmp_path):
+    """`cat photo.jpg | ferkit predict /dev/stdin`: a pipe has no size to check."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = samples.path("astronaut").read_bytes()
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    try:
+        faces = recognizer.predict(fifo)
+    finally:
+        writer.join(timeout=10)
+    assert boxes(faces) == boxes(recognizer.predict(astronaut))
+
+
 def test_missing_file_and_bad_array(recognizer, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         recognizer.predict(tmp_path / "missing.png")
@@ -555,7 +573,13 @@ def test_cli_detector_none_tiles_and_threads(checkpoint, tmp_path, capsys):
     for k in range(3):
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 48), dtype=np.uint8)).save(
             crops / f"{k}.png")
-    assert run_cli(checkpoint, str(crops), "--json", "--detector", "none", "--threads", "1") == 0
+    threads = torch.get_num_threads()
+    try:
+        assert run_cli(checkpoint, str(crops), "--json", "--detector", "none", "--threads",
+                       "1") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # process-wide: the other tests keep theirs
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [len(r["faces"]) for r in records] == [1, 1, 1]
     assert records[0]["faces"][0]["box"] == [0, 0, 48, 48]

@@ -399,7 +399,9 @@ def test_gpu_script_dry_run(pack, tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     work = tmp_path / "work"
-    work.mkdir()  # the script names recipes; the shipped ones come with the package
+    work.mkdir()  # the script names recipes; the shipped ones come with the package ...
+    (work / "recipes").mkdir()  # ... and a checkout's own recipes/NAME.yaml is found too
+    shutil.copy(REPO / "src" / "ferkit" / "recipes" / "cpu.yaml", work / "recipes" / "mine.yaml")
     (work / "src").symlink_to(REPO / "src")
     out = tmp_path / "out"
     extra = (
@@ -415,7 +417,7 @@ def test_gpu_script_dry_run(pack, tmp_path):
     }
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_train.sh"), str(pack), str(out), "0.05", "cpu",
-         "cpu@3", "cpu@3+eval_batch_size=16+label_smoothing=0.05"],
+         "cpu@3", "cpu@3+eval_batch_size=16+label_smoothing=0.05", "mine"],
         cwd=work,
         env=env,
         capture_output=True,
@@ -464,8 +466,10 @@ def test_gpu_script_dry_run(pack, tmp_path):
     assert (recipe["seed"], recipe["label_smoothing"], recipe["eval_batch_size"]) == (3, 0.05, 16)
     assert recipe["name"] == "cpu-eval_batch_size-16-label_smoothing-0.05"
     assert load_checkpoint(tmp_path / "seed3" / "best-fp16")[1]["recipe"]["label_smoothing"] == 0.1
+    assert re.search(r"^RESULT mine best_val_acc=[\d.]+ epochs=1/1 ", proc.stdout, re.M)
     assert sorted(p.name for p in out.iterdir()) == [
-        "cpu-eval_batch_size-16-label_smoothing-0.05-s3.tar.gz", "cpu-s3.tar.gz", "cpu.tar.gz"]
+        "cpu-eval_batch_size-16-label_smoothing-0.05-s3.tar.gz", "cpu-s3.tar.gz", "cpu.tar.gz",
+        "mine.tar.gz"]
     assert "WARNING" not in proc.stdout
 
 
@@ -818,6 +822,13 @@ def test_train_refuses_a_folder_that_holds_a_run(pack, tmp_path, capsys):
     (other / "train.log").write_text("started\n")
     fit(tiny_recipe(epochs=1), pack, other, device="cpu", progress=False)
     assert len(read_rows(other)) == 1
+    # a run killed after logging its first epoch but before saving its state: neither
+    # --resume nor a fresh run would be possible if the log alone counted as a run
+    stuck = tmp_path / "stuck"
+    stuck.mkdir()
+    (stuck / "metrics.jsonl").write_text(log)
+    fit(tiny_recipe(epochs=1), pack, stuck, device="cpu", progress=False)
+    assert len(read_rows(stuck)) == 1 and "starting it over" in capsys.readouterr().err
 
 
 def test_resume_refuses_another_model_optimizer_or_data(pack, env, tmp_path, capsys):

@@ -288,7 +288,8 @@ def test_cli_outputs_that_cannot_be_files_fail_before_any_work(video, checkpoint
     for args, words in [
         (["--csv", str(folder)], "is a folder"),
         (["--out", str(tmp_path / "file" / "x.mp4")], "is a file, not a folder"),
-        (["--out", str(tmp_path / "v.mp4"), "--csv", str(tmp_path / "v.mp4")], "same file"),
+        (["--out", str(tmp_path / "v.mp4"), "--csv", str(tmp_path / "v.mp4")],
+         "would replace"),
         (["--out", str(tmp_path / "ok.mp4"), "--csv", str(folder)], "is a folder"),
     ]:
         with pytest.raises(ValueError, match=words):
@@ -330,7 +331,7 @@ def test_cli_progress_bar_on_a_terminal(video, checkpoint, capsys, monkeypatch):
 
 
 def test_cli_video_refuses_bad_outputs(video, checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="overwrite"):
+    with pytest.raises(ValueError, match="would replace"):
         cli("video", str(video), "--out", str(video), "--model", str(checkpoint))
     with pytest.raises(ValueError, match=r"\.mp4"):
         cli("video", str(video), "--out", str(tmp_path / "x.gif"), "--model", str(checkpoint))

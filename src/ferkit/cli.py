@@ -39,7 +39,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{name:<12} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>6.3f} "
               f"{c['support']:>8}")
     if report.get("absent_classes"):
-        print(f"macro-F1 averages the classes present; no {report['split']} images of: "
+        print(f"macro-F1 averages the classes present or predicted; no {report['split']} "
+              "images of: "
               f"{', '.join(report['absent_classes'])}")
     if args.out:
         print(f"report written to {args.out}")
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `ferkit data check --json | head`
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl+C, e.g. while a model loads
+        print("ferkit: interrupted", file=sys.stderr)
+        return 130
     except (DataError, ValueError, OSError, ImportError) as exc:
         # ImportError: an optional extra missing (its message names the pip install);
         # OSError: a file that cannot be read or written (a folder, no permission, ...)

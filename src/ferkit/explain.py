@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .faces import FACE_SIZE, crop_face, faces_to_tensor
+from .fileio import output_file
 from .models.layers import SpatialAttention
 from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import Face, LoadedImage, Recognizer, load_image
@@ -502,14 +503,9 @@ def _output_path(out: str, image: str) -> Path:
     """``--out`` checked before any work: a file (PNG unless it names another format) that
     is not the input photo."""
     path = Path(out)
-    if path.is_dir():
-        raise ValueError(f"--out {out} is a folder; give the image file to write, e.g. "
-                         f"{path / 'explained.png'}")
-    if not path.suffix:
+    if not path.suffix and not path.is_dir():
         path = path.with_suffix(".png")
-    if path.exists() and path.resolve() == Path(image).resolve():
-        raise ValueError(f"--out {out} would replace the input photo; choose another file")
-    return path
+    return output_file(path, "--out", [image])
 
 
 def run_explain(args: argparse.Namespace) -> int:

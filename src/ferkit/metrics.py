@@ -136,9 +136,10 @@ def classification_report(
     Returns:
         A JSON-serialisable dict with ``num_samples``, ``accuracy`` (fraction correct),
         ``macro_f1`` (unweighted mean of per-class F1 over the classes that occur in
-        ``labels``, as scikit-learn's labels present: a class with no test images has no
-        F1 to average), ``absent_classes`` (names of the classes without a true sample, in
-        column order; listed, not averaged), ``per_class``
+        ``labels`` or in the predictions, as scikit-learn averages: a class with no test
+        images that is never predicted has no F1 to average, one that is predicted counts
+        with F1 0), ``absent_classes`` (names of the classes without a true sample, in
+        column order), ``per_class``
         ({name: {precision, recall, f1, support}}), ``confusion_matrix`` (counts, rows = true,
         cols = predicted), ``confusion_matrix_normalized`` (row-normalised), ``ece``
         (expected calibration error), ``nll`` (mean negative log-likelihood) and
@@ -154,10 +155,11 @@ def classification_report(
     precision, recall, f1, support = per_class_scores(cm)
     reliability = reliability_bins(probs.max(axis=1), correct, num_bins)
     present = support > 0  # N >= 1: at least one class is present
+    averaged = present | (cm.sum(axis=0) > 0)  # predicted without a true sample: F1 0
     return {
         "num_samples": int(labels.shape[0]),
         "accuracy": float(correct.mean()),
-        "macro_f1": float(f1[present].mean()),
+        "macro_f1": float(f1[averaged].mean()),
         "absent_classes": [name for name, p in zip(class_names, present, strict=True) if not p],
         "per_class": {
             name: {
@@ -343,7 +345,7 @@ def write_markdown_report(
         ["N", report["num_samples"]],
     ]
     if report.get("absent_classes"):
-        summary.append(["classes without test images (not in macro-F1)",
+        summary.append(["classes without test images (in macro-F1 only if predicted)",
                         ", ".join(report["absent_classes"])])
     summary += [[key, value] for key, value in (extra or {}).items()]
     per_class = [

@@ -306,6 +306,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError("no input: give image paths, folders or globs, or --sample")
     inputs = expand_inputs(paths)
+    out_dir = Path(args.annotate) if args.annotate else None
+    targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
     recognizer = recognizer_from_args(args)
     bar = None
     if len(inputs) >= _PROGRESS_MIN_FILES and sys.stderr.isatty():
@@ -319,8 +321,6 @@ def run_predict(args: argparse.Namespace) -> int:
         writer = _Csv(printer, recognizer.class_names)
     else:
         writer = _Table(printer, inputs)
-    out_dir = Path(args.annotate) if args.annotate else None
-    targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
     annotated = 0
     failed = 0
     for start in range(0, len(inputs), _FILES_PER_BATCH):

@@ -149,9 +149,7 @@ class Recipe:
     def _check_ranges(self) -> None:
         """Numbers in their ranges, checked before any data is read or any step is run."""
         def need(key: str, ok: bool, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"recipe key {key}: expected {expected}, got "
-                                 f"{getattr(self, key)!r}")
+            _need(self, "", key, ok, expected)
 
         for key in ("epochs", "batch_size", "eval_batch_size"):
             need(key, getattr(self, key) >= 1, "a positive integer")
@@ -246,12 +244,17 @@ AUGMENT_PROBABILITIES = ("hflip", "vflip", "erasing")
 AUGMENT_MAGNITUDES = ("rotation", "shear", "translate", "mixup", "cutmix")
 
 
+def _need(obj, prefix: str, key: str, ok: bool, expected: str) -> None:
+    """The error for a recipe key whose value is out of its range."""
+    if not ok:
+        raise ValueError(f"recipe key {prefix}{key}: expected {expected}, got "
+                         f"{getattr(obj, key)!r}")
+
+
 def check_augment(cfg: AugmentConfig) -> AugmentConfig:
     """Ranges of the augmentation options (their types `AugmentConfig.from_dict` checks)."""
     def need(key: str, ok: bool, expected: str) -> None:
-        if not ok:
-            raise ValueError(f"recipe key augment.{key}: expected {expected}, got "
-                             f"{getattr(cfg, key)!r}")
+        _need(cfg, "augment.", key, ok, expected)
 
     for key in AUGMENT_PROBABILITIES:
         need(key, 0 <= getattr(cfg, key) <= 1, "a probability in [0, 1]")

@@ -205,7 +205,7 @@ def load_image(
                 raise FileNotFoundError(f"{name}: no such file")
             if path.is_dir():
                 raise ImageError(f"{name}: a folder, not an image file")
-            if path.stat().st_size == 0:
+            if path.is_file() and path.stat().st_size == 0:  # a pipe has no size
                 raise ImageError(f"{name}: empty file (0 bytes), not an image")
         try:
             with Image.open(source, formats=formats) as img:
@@ -301,8 +301,9 @@ class Recognizer:
             raise ValueError("model expects colour input; ferkit recognises gray faces")
         self.size = int(prep.get("size", FACE_SIZE))
         self.detector = get_detector(detector)
-        if margin is None:
-            margin = prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN))
+        if margin is None:  # a checkpoint's margin is for detectors' boxes, not whole images
+            margin = (self.detector.crop_margin if self.detector.name == "none"
+                      else prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN)))
         self.margin = float(margin)
         if not self.margin > -1:
             raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "

@@ -26,6 +26,7 @@ from .models import create_model
 from .models.info import count_macs, count_params
 from .recipe import TEST_SPLIT, Recipe
 from .train import describe_changes, fit, recipe_changes, saved_run
+from .weights import best_checkpoint
 
 #: Published test accuracies to print beside ours (single model), by (model, dataset).
 PUBLISHED = {
@@ -63,15 +64,12 @@ def describe_augment(recipe: Recipe) -> str:
 
 
 def run_checkpoint(run: Path) -> Path:
-    """The run's selected weights: ``best``, or the ``best-fp16`` copy a GPU call brings back."""
-    for name in ("best", "best-fp16"):
-        if (run / f"{name}.safetensors").exists():
-            return run / name
-    raise DataError(f"{run}: no best.safetensors or best-fp16.safetensors (not a finished run?)")
-
-
-def dataset_md5(data: str | os.PathLike) -> str | None:
-    return load(data).info.get("md5")
+    """The run's selected weights (`ferkit.weights.best_checkpoint`), which must be there."""
+    best = best_checkpoint(run)
+    if best is None:
+        raise DataError(f"{run}: no best.safetensors or best-fp16.safetensors (not a finished "
+                        "run?)")
+    return best
 
 
 def check_test_data(data: str | os.PathLike) -> str | None:
@@ -114,8 +112,7 @@ def score_run(
 ) -> dict:
     """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept.
 
-    ``data_md5``: the dataset's md5 when the caller has it (a table of many runs reads the
-    data once for it, not once per run)."""
+    ``data_md5``: the dataset's md5 (`check_test_data` reads it once for a whole table)."""
     run = Path(run)
     run_key(run)  # a folder, with a summary and a checkpoint
     summary = json.loads((run / "summary.json").read_text())
@@ -126,7 +123,7 @@ def score_run(
     fingerprint = {
         "weights_sha256": hashlib.sha256(checkpoint.with_suffix(".safetensors").read_bytes())
         .hexdigest(),
-        "data_md5": data_md5 or dataset_md5(data),
+        "data_md5": data_md5,
         "ferplus": Path(ferplus).name if ferplus else None,
         "backend": backend,
     }

@@ -65,9 +65,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r} requested but this machine has {count} CUDA "
                              f"GPU(s): cuda:0 to cuda:{count - 1}")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return dev
+    return dev  # cpu, or another backend torch knows (mps, xpu, ...): torch checks it
 
 
 def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
@@ -200,8 +198,8 @@ def data_fingerprint(train: FaceSet, val: FaceSet) -> str:
     return h.hexdigest()
 
 
-#: Files of a run in its folder: a new run there would mix its log with the old one's.
-RUN_FILES = ("metrics.jsonl", "last.state.pt", "summary.json", "last.safetensors")
+#: Files of a run that can be resumed, or has finished: a new run there would mix with it.
+RUN_FILES = ("last.state.pt", "summary.json")
 #: Recipe keys a resumed run may change silently: its length.
 LENGTH_KEYS = ("epochs", "time_budget_minutes")
 #: Recipe keys that the saved state depends on (the weights' shapes, the optimizer's state
@@ -218,7 +216,8 @@ PROGRESS_SECONDS = 60
 
 def refuse_old_run(out: Path) -> None:
     """A fresh run into a folder that holds a run is an error: its metrics.jsonl would get
-    the new epochs appended to the old ones (and best/last mix two runs)."""
+    the new epochs appended to the old ones (and best/last mix two runs). A run that saved
+    no state (killed in its first epoch) is not one: `Trainer.run` starts its log over."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found:
         raise ValueError(
@@ -696,6 +695,11 @@ class Trainer:
         if d.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_recipe()
+            log = self.out / "metrics.jsonl"
+            if not self.resumed and log.exists():  # of a run that never saved its state
+                self._note(f"{log}: the log of an earlier run that saved no state; starting "
+                           "it over")
+                log.unlink()
             self._note(self._start_line())
         writer = None
         if d.main:

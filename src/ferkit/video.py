@@ -25,6 +25,7 @@ import numpy as np
 from .argtypes import number, whole_number
 from .data.faceset import IMAGE_EXTENSIONS
 from .faces import _import_cv2
+from .fileio import output_file
 from .predict_cli import add_recognizer_arguments, recognizer_from_args
 from .recognize import _PALETTE, Face, Recognizer
 
@@ -433,30 +434,6 @@ def _writer_for(path: Path, fps: float, size: tuple[int, int]):
     return writer
 
 
-def _check_output(target: str, option: str) -> None:
-    """Fail before any work where ``target`` cannot be a file to write (a folder, or under
-    a file), and make its folder."""
-    path = Path(target)
-    if path.is_dir():
-        raise ValueError(f"{option} {target} is a folder; give the file to write")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {target}: {parent} is a file, not a folder")
-            break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
 class _CsvOut:
     def __init__(self, target: str, class_names: list[str]) -> None:
         if target == "-":
@@ -494,17 +471,11 @@ def run_video(args: argparse.Namespace) -> int:
         # OpenCV would read a photo as a one-frame video (GIF and WebP may be animations)
         raise ValueError(f"{args.input}: a photo, not a video; use `ferkit predict "
                          f"{args.input}` for photos")
-    if args.out and _same_file(args.out, args.input):
-        raise ValueError(f"{args.out}: --out would overwrite the input video")
     if args.out:
         _codec_for(Path(args.out))
-        _check_output(args.out, "--out")
+        output_file(args.out, "--out", [args.input])
     if args.csv and args.csv != "-":
-        if _same_file(args.csv, args.input):
-            raise ValueError(f"{args.csv}: --csv would overwrite the input video")
-        if args.out and _same_file(args.csv, args.out):
-            raise ValueError(f"{args.csv}: --csv and --out name the same file")
-        _check_output(args.csv, "--csv")
+        output_file(args.csv, "--csv", [args.input, *([args.out] if args.out else [])])
     recognizer = recognizer_from_args(args)
     names = recognizer.class_names
     writer = None

@@ -31,6 +31,15 @@ def available_weights() -> list[str]:
     )
 
 
+def best_checkpoint(folder: Path) -> Path | None:
+    """A run folder's selected weights: ``best``, or the ``best-fp16`` copy a GPU call
+    brings back (None: neither is there)."""
+    for stem in ("best", "best-fp16"):
+        if (folder / f"{stem}.safetensors").exists():
+            return folder / stem
+    return None
+
+
 def load_model(
     name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
@@ -46,9 +55,9 @@ def load_model(
             return load_checkpoint(Path(folder) / str(name), device)
     path = Path(name)
     if path.is_dir():
-        for stem in ("best", "best-fp16"):
-            if (path / f"{stem}.safetensors").exists():
-                return load_checkpoint(path / stem, device)
+        best = best_checkpoint(path)
+        if best is not None:
+            return load_checkpoint(best, device)
         found = sorted(p.stem for p in path.glob("*.safetensors"))
         raise FileNotFoundError(
             f"{name}: a folder without a best checkpoint (best.safetensors); "
