@@ -14,12 +14,12 @@ from torch import nn
 from ferkit import samples
 from ferkit.explain import (
     FaceExplanation,
-    add_parsers,
     explain,
     explain_crops,
     render_explanations,
     upsample,
 )
+from ferkit.explain_cli import add_parsers
 from ferkit.faces import crop_face, faces_to_tensor
 from ferkit.models import create_model
 from ferkit.models.layers import CBAM

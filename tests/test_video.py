@@ -22,12 +22,12 @@ from ferkit.video import (
     FrameResult,
     IouTracker,
     TrackedFace,
-    add_parsers,
     box_iou,
     display_problem,
     draw_tracked,
     process_video,
 )
+from ferkit.video_cli import add_parsers
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 W, H, FPS, FRAMES = 160, 120, 10.0, 20

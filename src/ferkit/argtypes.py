@@ -1,8 +1,10 @@
-"""argparse ``type=`` checkers shared by the commands: a clear message for a bad value."""
+"""argparse helpers shared by the commands: ``type=`` checkers (a clear message for a bad
+value) and `deferred` command functions."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 
 
@@ -44,3 +46,13 @@ def number(
         return value
 
     return parse
+
+
+def deferred(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A command's ``func`` that imports ``module`` (torch and the like) only when the command
+    runs, so that the parser, ``--help`` and usage errors stay light."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run

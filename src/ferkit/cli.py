@@ -182,11 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
 
-    from .explain import add_parsers as add_explain_parsers
-    from .export import add_parsers as add_export_parsers
+    # the parser modules import nothing heavy (torch, OpenCV, ...): the commands import that
+    from .explain_cli import add_parsers as add_explain_parsers
+    from .export_cli import add_parsers as add_export_parsers
     from .predict_cli import add_parsers as add_predict_parsers
     from .serve.cli import add_parsers as add_serve_parsers
-    from .video import add_parsers as add_video_parsers
+    from .video_cli import add_parsers as add_video_parsers
 
     add_predict_parsers(sub)
     add_video_parsers(sub)

@@ -24,7 +24,7 @@ from torch import nn
 from .faces import FACE_SIZE, crop_face, faces_to_tensor
 from .fileio import output_file
 from .models.layers import SpatialAttention
-from .predict_cli import add_recognizer_arguments, recognizer_from_args
+from .predict_cli import recognizer_from_args
 from .recognize import Face, LoadedImage, Recognizer, load_image
 
 _CHUNK = 32
@@ -473,30 +473,6 @@ def render_explanations(
 
 
 # ---- the command ----
-
-
-def add_parsers(subparsers) -> None:
-    """Add the ``explain`` command to the ``ferkit`` command's subparsers."""
-    p = subparsers.add_parser(
-        "explain",
-        help="show what the model looked at: attention maps and Grad-CAM per face",
-        description="Detect the faces of a photo and draw, for each, the crop the model saw, "
-        "its CBAM spatial attention maps, the Grad-CAM of the predicted class and the "
-        "scores, into one PNG. No face: says so, writes nothing, exit status 0.",
-    )
-    p.add_argument("image", metavar="IMAGE", help="photo file")
-    p.add_argument(
-        "--out", required=True, metavar="OUT.png",
-        help="image file to write (PNG; .pdf, .svg or .jpg by its suffix)",
-    )
-    add_recognizer_arguments(p)
-    p.add_argument(
-        "--target",
-        default=None,
-        metavar="CLASS",
-        help="class whose Grad-CAM to draw (default: each face's predicted class)",
-    )
-    p.set_defaults(func=run_explain)
 
 
 def _output_path(out: str, image: str) -> Path:

@@ -41,22 +41,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .argtypes import whole_number
 from .augment import PIXEL_MEAN, PIXEL_STD
+from .export_cli import DEFAULT_OPSET, INT8_TOLERANCE, MIN_OPSET
 from .faces import FACE_SIZE
 from .fileio import write_atomically
 
-FORMATS = ("onnx", "torchscript")
-DEFAULT_OPSET = 17
-#: The opsets offered: 13 (the oldest this network exports to, tested) up to what this torch's
-#: TorchScript-based exporter writes
-MIN_OPSET = 13
-try:
+try:  # the newest opset this torch's TorchScript-based exporter writes
     from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
 except ImportError:  # a private name: where it moves, offer the default only
     MAX_OPSET = DEFAULT_OPSET
-#: The largest PublicTest accuracy difference (percentage points) `export_int8` accepts.
-INT8_TOLERANCE = 0.5
 CALIBRATION_FACES = 512
 CALIBRATION_PERCENTILE = 99.999
 INPUT_NAME = "input"
@@ -127,6 +120,9 @@ def _example_input(model: nn.Module, meta: dict) -> torch.Tensor:
 
 def _onnx_bytes(model: nn.Module, meta: dict, opset: int, dynamic_batch: bool) -> bytes:
     """The serialised ONNX model with ``export_metadata(meta)`` as its metadata_props."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset}: ferkit exports opsets {MIN_OPSET} to {MAX_OPSET} (the "
+                         "newest this torch's exporter writes)")
     onnx = _import_onnx()
     info = export_metadata(meta)
     model = model.eval()
@@ -433,32 +429,6 @@ def export_int8(
 
 
 # ---- the export command ----
-
-
-def add_parsers(subparsers) -> None:
-    """Add the ``export`` command to the ``ferkit`` command's subparsers."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX or TorchScript",
-        description="Write a self-describing ONNX or TorchScript file (class names and "
-        "preprocessing inside). --int8 writes a statically quantized ONNX file, only when "
-        f"its PublicTest accuracy on --data is within {INT8_TOLERANCE} points of fp32's.",
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--model", default=None, help="shipped weights name (default: mba_cnn-fer2013)"
-    )
-    src.add_argument("--checkpoint", default=None, help="checkpoint path (with or without suffix)")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    p.add_argument(
-        "--opset", type=whole_number(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
-        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})",
-    )
-    p.add_argument("--int8", action="store_true", help="int8 static quantization (ONNX only)")
-    p.add_argument("--data", default=None, help="dataset for --int8 calibration and its check")
-    p.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:

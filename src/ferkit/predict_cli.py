@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .argtypes import number, whole_number
-from .data.faceset import IMAGE_EXTENSIONS
 
 _SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
 _FILES_PER_BATCH = 8
@@ -34,6 +33,8 @@ def _has_magic(text: str) -> bool:
 
 def expand_inputs(args: list[str]) -> list[Input]:
     """Files as given, folders searched recursively for images, glob patterns expanded."""
+    from .data.faceset import IMAGE_EXTENSIONS  # numpy: not for `ferkit --help`
+
     out: list[Input] = []
     seen: set[str] = set()
 
