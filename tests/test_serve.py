@@ -209,21 +209,7 @@ def test_upload_limit_is_enforced_while_reading(recognizer):
     async def send(message):
         messages.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predict",
-        "raw_path": b"/v1/predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(predict_scope(), receive, send))
     assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 413
     assert len(sent) * len(chunk) <= 100_000 + len(chunk)  # stopped right after the limit
     body = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))

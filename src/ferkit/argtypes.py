@@ -7,6 +7,9 @@ import argparse
 import importlib
 from collections.abc import Callable
 
+#: The classifier runtimes every ``--backend`` offers: PyTorch, or onnxruntime on the CPU.
+BACKENDS = ("torch", "onnx")
+
 
 def whole_number(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An int in ``[low, high]`` (either bound may be None)."""

@@ -107,14 +107,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .argtypes import number
+    from .argtypes import BACKENDS, number
 
     p = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition.")
     p.add_argument("--version", action="version", version=f"ferkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a recipe")
-    t.add_argument("--recipe", required=True, help="a recipe that ships with ferkit by name (paper, best, finetune, ...: "
+    t.add_argument("--recipe", required=True,
+                   help="a recipe that ships with ferkit by name (paper, best, finetune, ...: "
                    "src/ferkit/recipes/) or the path of a YAML recipe")
     t.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     t.add_argument("--out", required=True, help="run folder for checkpoints and logs")
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for JSON, PNG plots and report.md")
     e.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    e.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="onnx: onnxruntime on the CPU, faster there (needs ferkit[export])")
     e.set_defaults(func=_cmd_eval)
 
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train each recipe once per seed (runs NAME-sSEED)")
     rp.add_argument("--tta", default="ten-crop", choices=["flip", "ten-crop"],
                     help="the TTA column (single-crop is always scored)")
-    rp.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    rp.add_argument("--backend", default="torch", choices=BACKENDS,
                     help="what scores PrivateTest; onnx is faster on a CPU (ferkit[export])")
     rp.add_argument("--data", required=True, help="the full dataset (PrivateTest is scored)")
     rp.add_argument("--out", required=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .argtypes import BACKENDS
 from .augment import normalize, tta_views
 from .data import DataError, FaceSet, load, load_ferplus
 from .data.check import warn_if_resplit
@@ -25,7 +26,6 @@ from .train import find_ferplus_votes, resolve_device
 from .weights import available_weights, load_model
 
 TTA_MODES = ("none", "flip", "ten-crop")
-BACKENDS = ("torch", "onnx")
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .argtypes import number, whole_number
+from .argtypes import BACKENDS, number, whole_number
 
 _SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
 _FILES_PER_BATCH = 8
@@ -107,7 +107,7 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
     if backend:
         parser.add_argument(
             "--backend",
-            choices=("torch", "onnx"),
+            choices=BACKENDS,
             default="torch",
             help="classifier runtime: torch (default) or onnx (onnxruntime on the CPU, faster "
             "there; needs ferkit[export]; the model is exported once into ferkit's cache)",

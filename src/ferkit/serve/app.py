@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..argtypes import BACKENDS
 from ..faces import FaceDetector
 from ..recognize import MAX_SIDE, ImageError, Recognizer, load_image
 from . import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE
@@ -123,7 +124,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
-        if self.backend not in ("torch", "onnx"):
+        if self.backend not in BACKENDS:
             raise ValueError(f"backend must be 'torch' or 'onnx', not {self.backend!r}")
         if self.queue < 0:
             raise ValueError(f"queue must be 0 or more, not {self.queue}")
