@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import read_metadata
+from .checkpoint import _file, read_metadata
 from .data import DataError, load
 from .evaluate import evaluate
 from .fileio import write_atomically
@@ -92,16 +92,23 @@ def split_label(val_split: str | list[str]) -> str:
     return val_split if isinstance(val_split, str) else "+".join(val_split)
 
 
-def run_key(run: Path) -> tuple[str, str, int]:
-    """``(recipe, selection split, seed)`` of a finished run: one seed counts once per row."""
+def finished_run(run: Path) -> tuple[dict, Path, dict]:
+    """A finished run's summary, its selected checkpoint and that checkpoint's metadata."""
     if not run.is_dir():
         raise DataError(f"{run}: no such folder" if not run.exists() else
                         f"{run}: not a folder (give the run's folder)")
     summary_file = run / "summary.json"
     if not summary_file.exists():
         raise DataError(f"{run}: no summary.json (the run did not finish an epoch)")
-    recipe = read_metadata(run_checkpoint(run))["recipe"]
-    val_split = json.loads(summary_file.read_text()).get("val_split", recipe.get("val_split"))
+    checkpoint = run_checkpoint(run)
+    return json.loads(summary_file.read_text()), checkpoint, read_metadata(checkpoint)
+
+
+def run_key(run: Path) -> tuple[str, str, int]:
+    """``(recipe, selection split, seed)`` of a finished run: one seed counts once per row."""
+    summary, _, meta = finished_run(run)
+    recipe = meta["recipe"]
+    val_split = summary.get("val_split", recipe.get("val_split"))
     return recipe.get("name"), split_label(val_split), recipe.get("seed")
 
 
@@ -114,14 +121,11 @@ def score_run(
 
     ``data_md5``: the dataset's md5 (`check_test_data` reads it once for a whole table)."""
     run = Path(run)
-    run_key(run)  # a folder, with a summary and a checkpoint
-    summary = json.loads((run / "summary.json").read_text())
-    checkpoint = run_checkpoint(run)
-    meta = read_metadata(checkpoint)
+    summary, checkpoint, meta = finished_run(run)
     recipe = Recipe.from_dict(meta["recipe"])
     # kept scores count only for these very weights and this very dataset
     fingerprint = {
-        "weights_sha256": hashlib.sha256(checkpoint.with_suffix(".safetensors").read_bytes())
+        "weights_sha256": hashlib.sha256(_file(checkpoint, ".safetensors").read_bytes())
         .hexdigest(),
         "data_md5": data_md5,
         "ferplus": Path(ferplus).name if ferplus else None,
