@@ -723,15 +723,17 @@ def test_page_and_static_assets(client):
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
     html = r.text
-    assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
-    # the schema works offline; /docs needs Swagger UI from a CDN
-    assert 'href="/openapi.json"' in html and 'href="/docs"' in html
+    # relative links: the page works behind a proxy that serves it under a path prefix
+    assert 'src="static/app.js"' in html and 'href="static/style.css"' in html
+    # the schema works offline; docs needs Swagger UI from a CDN
+    assert 'href="openapi.json"' in html and 'href="docs"' in html
+    assert 'href="/' not in html and 'src="/' not in html
     assert 'type="file"' in html and 'aria-live="polite"' in html and 'role="alert"' in html
     for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
         a = client.get(f"/static/{asset}")
         assert a.status_code == 200 and kind in a.headers["content-type"] and a.text
     js = client.get("/static/app.js").text
-    assert "getUserMedia" in js and "/v1/predict" in js
+    assert "getUserMedia" in js and 'fetch("v1/predict"' in js and 'fetch("/' not in js
     # offline: no third-party resources on the page
     for text in (html, js, client.get("/static/style.css").text):
         assert "https://" not in text and "http://" not in text and "//cdn" not in text
@@ -751,6 +753,26 @@ def test_cors_off_by_default_and_on_for_given_origins(client, recognizer):
         assert r.status_code == 200
         other = c.get("/v1/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_host_check_answers_only_to_the_allowed_names(recognizer):
+    with make_client(recognizer, allowed_hosts=["localhost", "127.0.0.1", "::1"]) as c:
+        for host in ("localhost", "localhost:8000", "LOCALHOST:1", "127.0.0.1:8000", "[::1]:80"):
+            r = c.get("/v1/health", headers={"Host": host})
+            assert r.status_code == 200, (host, r.text)
+        # a page of another site reaching the service through a name it controls
+        for host in ("evil.example", "evil.example:8000", "localhost.evil.example", "[::1",
+                     "localhost@evil.example"):  # fmt: skip
+            r = c.get("/", headers={"Host": host})
+            assert r.status_code == 400, host
+            assert r.json()["error"]["code"] == "bad_host"
+            assert "--allowed-host" in r.json()["error"]["message"]
+            assert r.headers["x-content-type-options"] == "nosniff"
+        r = c.post("/v1/predict", content=b"x", headers={"Host": "evil.example"})
+        assert r.json()["error"]["code"] == "bad_host"  # refused before the body is read
+    for anyone in ([], ["*"], ["localhost", "*"]):
+        with make_client(recognizer, allowed_hosts=anyone) as c:
+            assert c.get("/v1/health", headers={"Host": "evil.example"}).status_code == 200
 
 
 def test_model_name_defaults_to_the_checkpoint_name(checkpoint):
@@ -777,9 +799,14 @@ def test_onnx_backend_serves_the_torch_scores(checkpoint, ferkit_cache, photo):
 
 def test_settings_are_validated():
     for bad in ({"workers": 0}, {"queue": -1}, {"max_upload_bytes": 0}, {"max_pixels": 0},
-                {"backend": "tensorrt"}):
+                {"backend": "tensorrt"}, {"allowed_hosts": "localhost"}):
         with pytest.raises(ValueError):
             Settings(**bad)
+    for name in ("localhost", "Example.ORG", "192.0.2.7", "::1", "[::1]", "*"):
+        Settings(allowed_hosts=[name])
+    for bad_name in ("", "http://example.org", "example.org:8000", "example.org/x", "a b"):
+        with pytest.raises(ValueError, match="allowed_hosts: .* is not a host name"):
+            Settings(allowed_hosts=[bad_name])
 
 
 # ---- the command ----
@@ -796,6 +823,7 @@ def test_cli_defaults_and_options():
     assert (args.host, args.port, args.workers, args.queue) == ("127.0.0.1", 8000, 1, 8)
     assert (args.model, args.detector, args.max_upload_mb) == (None, "blazeface", 10.0)
     assert args.max_pixels == 50_000_000 and args.cors_origins == []
+    assert args.allowed_hosts == [] and args.root_path == ""
     args = parse(
         ["--port", "9000", "--workers", "2", "--queue", "0", "--max-upload-mb", "2.5",
          "--cors-origin", "https://a.example", "https://b.example", "--cors-origin", "*"]
@@ -815,9 +843,12 @@ def fake_uvicorn(monkeypatch) -> dict:
 
     def run(server, sockets=None):
         (sock,) = sockets
-        seen.update(app=server.config.app, address=sock.getsockname())
-        with TestClient(server.config.app) as c:
+        seen.update(
+            app=server.config.app, address=sock.getsockname(), root_path=server.config.root_path
+        )
+        with TestClient(server.config.app, base_url="http://localhost") as c:
             seen["health"] = c.get("/v1/health").json()
+            seen["other_host"] = c.get("/v1/health", headers={"Host": "evil.example"}).status_code
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     return seen
@@ -836,6 +867,34 @@ def test_cli_loads_the_model_then_runs_uvicorn_on_the_port_it_announces(
     assert seen["health"]["limits"]["max_upload_bytes"] == 1024 * 1024
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}/" in err and ":0/" not in err
+
+
+def test_cli_host_names_and_root_path(checkpoint, monkeypatch, capsys):
+    assert serve_cli.allowed_hosts("127.0.0.1", []) == ("localhost", "127.0.0.1", "::1")
+    assert serve_cli.allowed_hosts("127.0.0.2", [])[-1] == "127.0.0.2"
+    assert serve_cli.allowed_hosts("0.0.0.0", []) == ()  # reached by any name: no check
+    assert serve_cli.allowed_hosts("0.0.0.0", ["fer.example"]) == ("fer.example",)
+    seen = fake_uvicorn(monkeypatch)
+    common = ["--model", str(checkpoint), "--device", "cpu", "--port", "0"]
+    args = parse([*common, "--root-path", "fer/"])
+    assert args.func(args) == 0
+    assert seen["other_host"] == 400 and seen["root_path"] == "/fer"
+    args = parse([*common, "--host", "0.0.0.0"])
+    assert args.func(args) == 0
+    assert seen["other_host"] == 200 and seen["root_path"] == ""
+    args = parse([*common, "--allowed-host", "*"])
+    assert args.func(args) == 0
+    assert seen["other_host"] == 200
+
+
+def test_cli_bad_allowed_host_is_a_one_line_error(checkpoint, capsys):
+    from ferkit.cli import main
+
+    argv = ["serve", "--model", str(checkpoint), "--device", "cpu", "--port", "0"]
+    assert main([*argv, "--allowed-host", "http://fer.example"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferkit: error: ") and "is not a host name" in err
+    assert err.count("\n") == 1, err
 
 
 def test_cli_ctrl_c_stops_without_a_traceback(checkpoint, monkeypatch):

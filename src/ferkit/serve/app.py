@@ -11,6 +11,7 @@ Every error is JSON, ``{"error": {"code": ..., "message": ...}}``:
 
 * 400 ``bad_request`` / ``missing_file`` / ``empty_upload`` / ``unknown_parameter``: a
   malformed request (the service has no per-request options: any query parameter is one);
+* 400 ``bad_host``: the ``Host`` header names none of ``Settings.allowed_hosts`` (when set);
 * 413 ``upload_too_large``: the body exceeds ``max_upload_bytes``, refused while it is read
   (a declared ``Content-Length`` above the limit is refused before any of it is read);
 * 413 ``too_many_pixels``: the image header declares more than ``max_pixels`` pixels
@@ -37,6 +38,7 @@ import io
 import logging
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
@@ -118,6 +120,7 @@ class Settings:
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * MB)
     max_pixels: int = DEFAULT_MAX_PIXELS
     cors_origins: Sequence[str] = field(default_factory=tuple)
+    allowed_hosts: Sequence[str] = field(default_factory=tuple)
     retry_after_s: int = 1
     model_name: str | None = None
 
@@ -132,6 +135,17 @@ class Settings:
             raise ValueError("max_upload_bytes must be positive")
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be positive")
+        if isinstance(self.allowed_hosts, str):
+            raise ValueError("allowed_hosts must be a list of host names, not one string")
+        for host in self.allowed_hosts:
+            bare = host.strip("[]")
+            as_header = f"[{bare}]" if ":" in bare else bare  # an IPv6 address is bracketed
+            if host != "*" and (_host_name(as_header) != bare.lower() or not bare.isprintable()
+                                or " " in bare):
+                raise ValueError(
+                    f"allowed_hosts: {host!r} is not a host name (e.g. localhost, "
+                    "example.org, 192.0.2.7 or ::1; no scheme, port or path)"
+                )
 
 
 class ApiError(Exception):
@@ -681,6 +695,45 @@ class _NoSniff:
         await self.app(scope, receive, send_with_header)
 
 
+def _host_name(header: str | None) -> str | None:
+    """The host name of a ``Host`` header (lower case, no port, IPv6 without brackets), or
+    None when it is missing or malformed."""
+    if not header:
+        return None
+    try:
+        parts = urllib.parse.urlsplit("//" + header.strip())
+        parts.port  # noqa: B018 (raises ValueError for a malformed port)
+    except ValueError:
+        return None
+    if parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname or None
+
+
+class _HostCheck:
+    """ASGI middleware: answers 400 ``bad_host`` to a request whose ``Host`` header names
+    none of ``allowed`` (host names, lower case)."""
+
+    def __init__(self, app, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.strip("[]").lower() for h in allowed)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if _host_name(header) not in self.allowed:
+                shown = f"'{header}'" if header else "(none)"
+                response = error_response(
+                    400,
+                    "bad_host",
+                    f"this service does not answer to the Host {shown}; it answers to "
+                    f"{', '.join(sorted(self.allowed))} (ferkit serve --allowed-host adds names)",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _model_name(settings: Settings, meta: dict) -> str:
     if settings.model_name:
         return settings.model_name
@@ -768,6 +821,8 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
             expose_headers=["Retry-After"],
         )
 
+    if settings.allowed_hosts and "*" not in settings.allowed_hosts:
+        app.add_middleware(_HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(_NoSniff)
 
     @app.exception_handler(ApiError)

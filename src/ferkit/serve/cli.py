@@ -82,6 +82,25 @@ def add_parsers(subparsers) -> None:
         "browser (default: CORS off, only the service's own page)",
     )
     p.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="host names the service answers to (the Host header without its port; others "
+        "get 400), e.g. the machine's name or the proxy's public name, or * for any "
+        "(default: on a loopback --host, localhost, 127.0.0.1 and ::1 only, which stops "
+        "other sites' pages from reaching it by DNS rebinding; on another --host, any)",
+    )
+    p.add_argument(
+        "--root-path",
+        default="",
+        metavar="PREFIX",
+        help="the path prefix a reverse proxy serves ferkit under (e.g. /fer), so that "
+        "/docs and the schema's links include it; the web page works under any prefix",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -97,6 +116,25 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(host: str, given: list[str]) -> tuple[str, ...]:
+    """The Host names to answer to: those given; else, on a loopback address, its own
+    names only (DNS rebinding cannot reach it); else any (empty)."""
+    if given:
+        return tuple(given)
+    if _is_loopback(host):
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
+    return ()
+
+
+def _root_path(value: str) -> str:
+    """``/fer`` from ``fer``, ``/fer/`` or ``/fer``; empty stays empty."""
+    value = value.strip().strip("/")
+    return f"/{value}" if value else ""
 
 
 def _share_cpu_threads(workers: int, threads: int | None = None) -> None:
@@ -169,6 +207,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_upload_bytes=int(args.max_upload_mb * MB),
             max_pixels=args.max_pixels,
             cors_origins=tuple(args.cors_origins),
+            allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
         )
         _share_cpu_threads(args.workers, args.threads)
         app = create_app(settings=settings)  # loads the model now, before listening
@@ -186,7 +225,13 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         # uvicorn listens on the bound socket (host and port only name it in its log)
-        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=port,
+            log_level=args.log_level,
+            root_path=_root_path(args.root_path),
+        )
         try:
             uvicorn.Server(config).run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C once it has shut down

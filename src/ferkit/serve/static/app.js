@@ -83,7 +83,7 @@
     if (contentType) init.headers = { "Content-Type": contentType };
     let res;
     try {
-      res = await fetch("/v1/predict", init);
+      res = await fetch("v1/predict", init);
     } catch (e) {
       return { ok: false, status: 0, error: { code: "network", message: "Could not reach the ferkit server." } };
     }
@@ -102,8 +102,8 @@
   async function loadModelInfo() {
     try {
       const [models, health] = await Promise.all([
-        fetch("/v1/models").then((r) => r.json()),
-        fetch("/v1/health").then((r) => r.json()),
+        fetch("v1/models").then((r) => r.json()),
+        fetch("v1/health").then((r) => r.json()),
       ]);
       const m = models.models[0];
       state.classes = m.classes;
