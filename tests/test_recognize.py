@@ -309,6 +309,47 @@ def test_whole_image_detector_classifies_ready_crops_as_evaluation_does(checkpoi
     assert face.box == [0, 0, 116, 96]
 
 
+def test_classify_takes_crops_as_predict_takes_images(recognizer):
+    """uint8 and float 0..1, gray, 1-channel, RGB, BGR, lists and other sizes give the
+    probabilities of the uint8 48 x 48 crops; what it cannot read is an error naming it."""
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    expected = recognizer.classify(crops)
+    assert expected.shape == (5, 7)
+    same = {
+        "float 0..1": crops / 255.0,
+        "float32": (crops / 255.0).astype(np.float32),
+        "N x 1 x H x W": crops[:, None],
+        "N x H x W x 1": crops[..., None],
+        "RGB": np.repeat(crops[..., None], 3, axis=-1),
+        "list": list(crops),
+        "uint16": crops.astype(np.uint16) * 257,
+        "tensor": torch.from_numpy(crops),
+    }
+    for what, given in same.items():
+        np.testing.assert_allclose(recognizer.classify(given), expected, atol=1e-5, err_msg=what)
+    np.testing.assert_allclose(recognizer.classify(crops[0]), expected[:1], atol=1e-5)
+    colour = rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        recognizer.classify(colour[..., ::-1], color="bgr"), recognizer.classify(colour),
+        atol=1e-5,
+    )
+    # a crop of another size is resized to the model's 48 x 48, as predict's crops are
+    big = np.kron(crops, np.ones((1, 2, 2), np.uint8))
+    np.testing.assert_allclose(recognizer.classify(big), expected, atol=0.02)
+    assert recognizer.classify([]).shape == (0, 7)
+    bad = {
+        "float 0..255": (crops * 1.0, "crop 0: float image values must be in 0..1"),
+        "5 channels": (np.zeros((2, 48, 48, 5)), r"N x H x W x 3"),
+        "5 dimensions": (np.zeros((1, 2, 48, 48, 3)), "got shape"),
+        "mixed list": ([crops[0], crops[:2]], "crop 1: expected H x W"),
+    }
+    for what, (given, words) in bad.items():
+        with pytest.raises(ImageError, match=words):
+            recognizer.classify(given)
+            pytest.fail(what)
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not an image at all", "random", "truncated"],

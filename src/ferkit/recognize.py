@@ -30,7 +30,15 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import nn
 
 from .augment import PIXEL_MEAN, PIXEL_STD
-from .faces import DEFAULT_MARGIN, FACE_SIZE, FaceDetector, crop_face, get_detector, resize
+from .faces import (
+    DEFAULT_MARGIN,
+    FACE_SIZE,
+    FaceDetector,
+    crop_face,
+    get_detector,
+    resize,
+    to_gray,
+)
 
 # Large images are fine here (shrunk on loading); only PIL's error limit applies. A filter
 # set once: `warnings.catch_warnings` is not thread-safe and the service decodes in threads.
@@ -228,6 +236,51 @@ def load_image(
     return LoadedImage(pixels, (full[0] / w, full[1] / h), str(name))
 
 
+def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarray:
+    """uint8 N x size x size gray faces from the crops `Recognizer.classify` takes; an
+    `ImageError` names the crop and what was expected otherwise."""
+    if color not in ("rgb", "bgr"):
+        raise ValueError(f"color must be 'rgb' or 'bgr', not {color!r}")
+    if isinstance(crops, (list, tuple)):
+        if not crops:
+            return np.zeros((0, size, size), dtype=np.uint8)
+        items = [np.asarray(c) for c in crops]
+        for i, c in enumerate(items):
+            if c.ndim == 3 and c.shape[0] == 1:
+                items[i] = c[0]
+            elif not (c.ndim == 2 or (c.ndim == 3 and c.shape[2] in (1, 3, 4))):
+                raise ImageError(
+                    f"crop {i}: expected H x W, 1 x H x W or H x W x 3/4; got shape {c.shape}"
+                )
+    else:
+        arr = np.asarray(crops)
+        if arr.dtype == object or arr.ndim not in (2, 3, 4):
+            raise ImageError(
+                "crops must be one H x W crop or a batch: N x H x W, N x 1 x H x W or N x H x "
+                f"W x 3/4; got {'shape ' + str(arr.shape) if arr.dtype != object else 'objects'}"
+            )
+        if arr.ndim == 2:
+            arr = arr[None]
+        elif arr.ndim == 4 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        elif arr.ndim == 4 and arr.shape[3] not in (1, 3, 4):
+            raise ImageError(
+                f"crops of shape {arr.shape}: a batch of colour crops is N x H x W x 3 (or x 4), "
+                "of gray ones N x H x W or N x 1 x H x W"
+            )
+        if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1:] == (size, size):
+            return np.ascontiguousarray(arr)  # the common case: nothing to convert
+        items = list(arr)
+    out = np.empty((len(items), size, size), dtype=np.uint8)
+    for i, crop in enumerate(items):
+        try:
+            pixels, _ = _from_array(crop, color, max_side=max(crop.shape[:2]) or 1)
+        except ImageError as exc:
+            raise ImageError(f"crop {i}: {exc}") from None
+        out[i] = resize(to_gray(pixels), size, size)
+    return out
+
+
 def _resolve_model(model) -> tuple[nn.Module, dict]:
     from .weights import load_model
 
@@ -320,14 +373,22 @@ class Recognizer:
         self.max_side = int(max_side)
         self.batch_size = int(batch_size)
 
-    def classify(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities (N x C) of uint8 N x 48 x 48 face crops."""
+    def classify(self, crops, color: str = "rgb") -> np.ndarray:
+        """Class probabilities (N x C) of face crops, each already cut around one face (no
+        detection; as FER2013's images are).
+
+        ``crops``: one crop (H x W gray, or 1 x H x W) or a batch: N x H x W gray, N x 1 x H x
+        W, N x H x W x 3 (RGB, or BGR with ``color="bgr"``) or x 4 (alpha over white), or a
+        list of such crops; values as `predict` takes them (uint8, 16-bit, float in 0..1,
+        ...). Crops of another size than the model's (48 x 48) are resized to it.
+        """
         from .evaluate import predict_probs
 
-        if len(crops) == 0:
+        faces = as_face_crops(crops, self.size, color)
+        if len(faces) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return predict_probs(
-            self.model, crops, tta=self.tta, batch_size=self.batch_size, device=self.device
+            self.model, faces, tta=self.tta, batch_size=self.batch_size, device=self.device
         )
 
     def predict(self, image, color: str = "rgb") -> list[Face]:
