@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +251,44 @@ def test_cli_explain_output_is_checked_before_any_work(checkpoint, tmp_path, cap
     assert cli("explain", str(photo), "--out", str(tmp_path / "explained"), *base) == 0
     with Image.open(tmp_path / "explained.png") as img:
         assert img.format == "PNG"
+
+
+def test_gradcam_without_positive_evidence_says_so(tmp_path):
+    crop = np.zeros((48, 48), np.uint8)  # all dark: nothing at all for "bright"
+    (bright,) = explain_crops(BrightDark(), [crop], ["bright", "dark"], target="bright")
+    assert bright.gradcam_class == "bright" and not bright.gradcam.any()
+    assert bright.gradcam_note == "no positive evidence for bright"
+    (dark,) = explain_crops(BrightDark(), [crop], ["bright", "dark"])
+    assert dark.gradcam_note is None and dark.gradcam.max() == 1
+    path = render_explanations(None, [bright, dark], tmp_path / "notes.png")
+    assert path.stat().st_size > 1000
+
+
+def test_explain_needs_the_torch_model(astronaut, ferkit_cache, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, len(CLASSES)))
+    rec = Recognizer(model=(model, {"class_names": CLASSES}), backend="onnx")
+    with pytest.raises(ValueError, match="need the torch model.*backend='torch'"):
+        explain(rec, astronaut)
+    with pytest.raises(ValueError, match=r"--model .*m\.onnx: explain needs torch weights"):
+        cli("explain", str(samples.path("astronaut")), "--out", str(tmp_path / "e.png"),
+            "--model", str(tmp_path / "m.onnx"))  # fmt: skip
+
+
+def test_cli_explain_out_is_writable_in_a_known_format_before_any_work(tmp_path, monkeypatch):
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("ferkit.explain.recognizer_from_args", no_model)
+    photo = str(samples.path("astronaut"))
+    with pytest.raises(ValueError, match=r"--out .*a\.xyz: cannot write a \.xyz image; .*\.png"):
+        cli("explain", photo, "--out", str(tmp_path / "e" / "a.xyz"))
+    if Path("/proc").is_dir():
+        with pytest.raises(ValueError, match=r"--out /proc/ferkit-test\.png: cannot write"):
+            cli("explain", photo, "--out", "/proc/ferkit-test.png")
+    copy, link = tmp_path / "photo.jpg", tmp_path / "link.jpg"
+    copy.write_bytes(Path(photo).read_bytes())
+    os.link(copy, link)  # the same file under another name
+    with pytest.raises(ValueError, match="would replace"):
+        cli("explain", str(copy), "--out", str(link))

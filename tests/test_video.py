@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ferkit import samples
+from ferkit.fileio import output_file
 from ferkit.recognize import Face, Recognizer
 from ferkit.video import (
     FrameResult,
@@ -377,3 +380,249 @@ def test_webcam_without_a_camera(checkpoint, capsys, monkeypatch):
 def test_frame_result_is_plain_data():
     r = FrameResult(3, 0.3, [])
     assert r.processed and r.faces == []
+
+
+# ---- times, outputs, pipes and terminals ----
+
+
+class NoFaces:
+    """A recognizer that finds nothing, fast: for what does not depend on faces."""
+
+    class_names = CLASSES
+
+    def predict(self, image, color="rgb"):
+        return []
+
+
+def test_times_follow_the_video_timestamps(tmp_path, face_patch):
+    """A variable frame rate (GIF frames of 100 and 500 ms) gets the decoder's times."""
+    recognizer = NoFaces()
+    frames = [Image.fromarray(f) for f in moving_face_frames(face_patch, 6)]
+    gif = tmp_path / "vfr.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=[100, 500] * 3)
+    for every in (1, 2):  # frames between analysed ones are only grabbed
+        times = [r.time_s for r in process_video(gif, recognizer, every=every)]
+        assert times == pytest.approx([0.0, 0.1, 0.6, 0.7, 1.2, 1.3])
+
+
+def test_constant_rate_times_are_exact(video, tmp_path, face_patch, monkeypatch):
+    recognizer = NoFaces()
+    avi = tmp_path / "moving.avi"
+    writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
+    for f in moving_face_frames(face_patch):
+        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
+    writer.release()
+    exact = [i / FPS for i in range(FRAMES)]
+    for path in (video, avi):
+        assert [r.time_s for r in process_video(path, recognizer, every=3)] == exact
+
+    class Clock:  # a decoder whose timestamps are off in one way or another
+        def __init__(self, cap, ms) -> None:
+            self.cap, self.ms, self.frame = cap, ms, -1
+
+        def read(self):
+            self.frame += 1
+            return self.cap.read()
+
+        def grab(self):
+            self.frame += 1
+            return self.cap.grab()
+
+        def get(self, prop):
+            if prop == cv2.CAP_PROP_POS_MSEC:
+                return self.ms(self.frame)
+            return self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    opened = cv2.VideoCapture
+    for ms in (
+        lambda i: (i + 1) * 100.0,  # the next frame's time (some backends)
+        lambda i: 0.0,  # no timestamps
+        lambda i: i * 100.0 if i < 5 else 0.0,  # timestamps that go back
+        lambda i: float("nan"),
+    ):
+        monkeypatch.setattr(cv2, "VideoCapture", lambda *a, ms=ms: Clock(opened(*a), ms))
+        assert [r.time_s for r in process_video(video, recognizer)] == exact
+
+
+def test_an_output_is_never_an_input_through_a_hard_link(video, checkpoint, tmp_path):
+    link = tmp_path / "link.mp4"
+    os.link(video, link)
+    before = video.read_bytes()
+    for option in ("--out", "--csv"):
+        with pytest.raises(ValueError, match=f"{option} .*link.mp4 would replace"):
+            cli("video", str(video), option, str(link), "--model", str(checkpoint))
+    assert video.read_bytes() == before
+    with pytest.raises(ValueError, match="would replace"):
+        output_file(link, "--out", [video])
+
+
+def odd_video(path: Path, face_patch: np.ndarray) -> Path:
+    """An MJPEG .avi of (W + 1) x (H + 1) frames (OpenCV's own writer keeps odd sizes)."""
+    size = (W + 1, H + 1)
+    writer = cv2.VideoWriter(
+        str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), FPS, size
+    )
+    assert writer.isOpened()
+    for f in moving_face_frames(face_patch, 5):
+        writer.write(np.ascontiguousarray(cv2.resize(f, size)[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def test_cli_odd_sizes_are_kept_or_said(face_patch, checkpoint, tmp_path, capsys):
+    odd = odd_video(tmp_path / "odd.avi", face_patch)
+    assert read_video(odd)[1] == (W + 1, H + 1)
+    base = ["--every", "5", "--model", str(checkpoint), "--device", "cpu"]
+    assert cli("video", str(odd), "--out", str(tmp_path / "o.avi"), *base) == 0
+    assert read_video(tmp_path / "o.avi") == (5, (W + 1, H + 1), FPS)
+    assert "annotated video written to" in (stdout := capsys.readouterr().out)
+    assert ", not" not in stdout
+    assert cli("video", str(odd), "--out", str(tmp_path / "o.mp4"), *base) == 0
+    assert read_video(tmp_path / "o.mp4") == (5, (W, H), FPS)
+    stdout = capsys.readouterr().out
+    assert f"({W} x {H}, not {W + 1} x {H + 1}: the last pixel column and row" in stdout
+
+
+def test_cli_every_output_is_checked_before_any_is_made(video, checkpoint, tmp_path):
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc, where no file can be made")
+    out = tmp_path / "o" / "kept.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"an older video")
+    for target in (out, tmp_path / "new.mp4"):
+        with pytest.raises(ValueError, match=r"--csv /proc/ferkit-test\.csv: cannot write"):
+            cli("video", str(video), "--out", str(target), "--csv", "/proc/ferkit-test.csv",
+                "--model", str(checkpoint))  # fmt: skip
+    assert out.read_bytes() == b"an older video" and not (tmp_path / "new.mp4").exists()
+
+
+def test_cli_out_folder_and_names(video, checkpoint, tmp_path, capsys):
+    base = ["--model", str(checkpoint)]
+    with pytest.raises(ValueError, match=r"--out .* is a folder"):
+        cli("video", str(video), "--out", str(tmp_path), *base)
+    with pytest.raises(ValueError, match=r"--out .*noname: .*\.mp4, \.mov, \.m4v or \.avi"):
+        cli("video", str(video), "--out", str(tmp_path / "noname"), *base)
+    with pytest.raises(SystemExit):
+        cli("video", "--help")
+    assert "(.mp4, .mov, .m4v or .avi;" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_input_is_checked_before_the_model_loads(video, tmp_path, monkeypatch):
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("ferkit.video.recognizer_from_args", no_model)
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        cli("video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o.mp4"))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[:1500])
+    with pytest.raises(ValueError, match="cut.mp4"):
+        cli("video", str(cut), "--csv", str(tmp_path / "o.csv"))
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_ffmpeg_log_lines_are_silenced(video, tmp_path):
+    """An unreadable video: one error line, not FFmpeg's own log too (unless asked for)."""
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[:1500])  # no index: FFmpeg logs "moov atom not found"
+    code = f"import sys; from ferkit.cli import main; sys.exit(main(['video', {str(cut)!r}]))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_FFMPEG_")}
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [
+        f"ferkit: error: {cut}: cannot read this video (unknown format or corrupt)"
+    ]
+    env["OPENCV_FFMPEG_LOGLEVEL"] = "16"  # the user's own setting is kept
+    loud = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "moov atom not found" in loud.stdout + loud.stderr
+
+
+class ClosedPipe(io.StringIO):
+    """Standard output whose reader goes away after ``lines`` writes."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.left = lines
+
+    def write(self, text: str) -> int:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.left -= 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_cli_stdout_closed_early_finishes_the_video(
+    video, checkpoint, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(sys, "stdout", ClosedPipe(1 + 2))  # the header, frames 0 and 5
+    out = tmp_path / "pipe.mp4"
+    base = ["--csv", "-", "--every", "5", "--model", str(checkpoint)]
+    code = cli("video", str(video), "--out", str(out), *base)
+    stderr = capsys.readouterr().err
+    assert code == 1
+    assert f"{out} holds only the first 11 of {FRAMES} frames" in stderr  # 0 to 10
+    assert read_video(out) == (11, (W, H), FPS)  # a finished, playable file
+    # with nothing else being written, a closed pipe is a quiet stop (as for any command)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe(1))
+    with pytest.raises(BrokenPipeError):
+        cli("video", str(video), *base)
+
+
+class Terminal:
+    """Standard output and error on one terminal: what each line ends up showing."""
+
+    def __init__(self) -> None:
+        self.text = []
+
+    def stream(self):
+        term = self
+
+        class Stream(io.StringIO):
+            def write(self, text: str) -> int:
+                term.text.append(text)
+                return len(text)
+
+            def isatty(self) -> bool:
+                return True
+
+        return Stream()
+
+    def lines(self) -> list[str]:
+        shown, line, col = [], [], 0
+        for ch in "".join(self.text):
+            if ch == "\n":
+                shown.append("".join(line).rstrip())
+                line, col = [], 0
+            elif ch == "\r":
+                col = 0
+            else:
+                line[col : col + 1] = [ch]
+                col += 1
+        return shown + ["".join(line).rstrip()]
+
+
+def test_cli_csv_rows_and_the_progress_bar_keep_their_own_lines(video, checkpoint, monkeypatch):
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term.stream())
+    monkeypatch.setattr(sys, "stderr", term.stream())
+    assert cli("video", str(video), "--csv", "-", "--every", "5", "--model", str(checkpoint)) == 0
+    lines = term.lines()
+    rows = [line for line in lines if re.match(r"\d+,\d+\.\d{3},", line)]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(0, FRAMES, 5))
+    assert all(len(r.split(",")) == 9 + len(CLASSES) for r in rows)
+    assert not [line for line in lines if "frame/s" in line and re.search(r"\d,\d+\.\d", line)]
+    assert any(f"{FRAMES}/{FRAMES}" in line for line in lines)  # the bar was there
+
+
+def test_cli_progress_lines_without_a_terminal(video, checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr("ferkit.video.PROGRESS_SECONDS", 0.0)  # a line for every frame
+    assert cli("video", str(video), "--every", "10", "--model", str(checkpoint)) == 0
+    stderr = capsys.readouterr().err
+    assert f"{video}: frame 10 of {FRAMES} (50%)" in stderr and "min left" in stderr

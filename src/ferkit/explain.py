@@ -38,7 +38,9 @@ class FaceExplanation:
     (named by its module path, e.g. ``module1``), its spatial attention map at its own
     resolution (H x W, values in [0, 1]: the weights CBAM multiplied the features by).
     ``gradcam``: Grad-CAM of class ``gradcam_class`` at the crop's size, normalised to
-    [0, 1]; None when the model has no ``features()``.
+    [0, 1]; None when the model has no ``features()``. ``gradcam_note``: set when that map
+    is all zero because nothing in the face raises the class's score (often so for a
+    ``target`` the model did not predict): "no positive evidence for sad"; else None.
     """
 
     face: Face
@@ -46,6 +48,7 @@ class FaceExplanation:
     attention_maps: dict[str, np.ndarray]
     gradcam: np.ndarray | None
     gradcam_class: str | None = None
+    gradcam_note: str | None = None
 
 
 def _spatial_modules(model: nn.Module) -> list[tuple[str, SpatialAttention]]:
@@ -131,10 +134,14 @@ def _target_index(target: str | int | None, class_names: Sequence[str]) -> int |
 
 def _explain_batch(
     model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
-    """(logits, attention maps N x H x W by name, Grad-CAM N x S x S or None, targets).
+) -> tuple[
+    torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor | None
+]:
+    """(logits, attention maps N x H x W by name, Grad-CAM N x S x S or None, targets,
+    which Grad-CAMs are empty (N booleans) or None).
 
-    ``targets``: the class of each input Grad-CAM explains (default: the top logit's).
+    ``targets``: the class of each input Grad-CAM explains (default: the top logit's). A
+    Grad-CAM is empty (all zero) when no location has positive evidence for its class.
     """
     maps: dict[str, torch.Tensor] = {}
     handles = []
@@ -151,7 +158,7 @@ def _explain_batch(
                 logits = model(x).float()
             if targets is None:
                 targets = logits.argmax(1)
-            return logits.cpu(), maps, None, targets.cpu()
+            return logits.cpu(), maps, None, targets.cpu(), None
         with torch.enable_grad(), _FeatureCapture(model) as cap:
             # a graph even when the weights are frozen
             logits = model(x.detach().requires_grad_(True))
@@ -168,9 +175,19 @@ def _explain_batch(
         chosen = logits.gather(1, targets[:, None]).sum()
         (grads,) = torch.autograd.grad(chosen, feats)
         weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach().float()
+        raw = (weights * feats).sum(dim=1, keepdim=True).detach().float()
+        cam = F.relu(raw)
+        # no positive evidence anywhere (up to rounding): an empty map, not stretched noise
+        empty = cam.flatten(1).amax(1) <= 1e-6 * raw.abs().flatten(1).amax(1)
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.detach().float().cpu(), maps, _normalise(cam[:, 0]).cpu(), targets.cpu()
+        cam = torch.where(empty[:, None, None], 0.0, _normalise(cam[:, 0]))
+        return (
+            logits.detach().float().cpu(),
+            maps,
+            cam.cpu(),
+            targets.cpu(),
+            empty.cpu(),
+        )
     finally:
         for h in handles:
             h.remove()
@@ -213,18 +230,24 @@ def _explanations(
             targets = torch.full((len(chunk),), target, dtype=torch.long)
         else:
             targets = None
-        logits, maps, cams, targets = _explain_batch(model, x, targets)
+        logits, maps, cams, targets, empty = _explain_batch(model, x, targets)
         probs = torch.softmax(logits, dim=1).numpy()
         if probs_override is not None:
             probs = probs_override[start : start + _CHUNK]
         for k, crop in enumerate(chunk):
+            cam_class = None if cams is None else class_names[int(targets[k])]
             out.append(
                 FaceExplanation(
                     face=faces(start + k, probs[k]),
                     crop=crop,
                     attention_maps={n: m[k].numpy() for n, m in maps.items()},
                     gradcam=None if cams is None else cams[k].numpy(),
-                    gradcam_class=None if cams is None else class_names[int(targets[k])],
+                    gradcam_class=cam_class,
+                    gradcam_note=(
+                        f"no positive evidence for {cam_class}"
+                        if empty is not None and bool(empty[k])
+                        else None
+                    ),
                 )
             )
     return out
@@ -306,6 +329,13 @@ def explain(
     class is their top class.
     """
     rec = _as_recognizer(recognizer_or_model, detector)
+    if not isinstance(rec.model, nn.Module):
+        raise ValueError(
+            f"explanations need the torch model, but this Recognizer runs a "
+            f"{type(rec.model).__name__} (backend={rec.backend!r}); make one with "
+            "backend='torch' from the same weights (a checkpoint or shipped weights name, "
+            "not an .onnx file)"
+        )
     check_explainable(rec.model)
     target_idx = _target_index(target, rec.class_names)
     loaded = load_image(image, color, rec.max_side)
@@ -435,13 +465,17 @@ def render_explanations(
             for n, m in e.attention_maps.items()
         ]
         if e.gradcam is not None:
-            panels.append((f"Grad-CAM\n({e.gradcam_class})", e.gradcam))
+            if e.gradcam_note is not None:  # an all-zero map: said, not drawn as a blue panel
+                panels.append((f"Grad-CAM ({e.gradcam_class}):\n{e.gradcam_note}", None))
+            else:
+                panels.append((f"Grad-CAM\n({e.gradcam_class})", e.gradcam))
         for c, (title, heat) in enumerate(panels, 1):
             ax = fig.add_subplot(grid[row, c])
             ax.imshow(crop, cmap="gray", vmin=0, vmax=255)
             # attention maps are gates on one fixed 0..1 scale (a map that passes nearly
             # everything looks uniform, as it acts); Grad-CAM is min-max scaled per face
-            ax.imshow(upsample(heat, size), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+            if heat is not None:
+                ax.imshow(upsample(heat, size), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
         ax = fig.add_subplot(grid[row, ncols - 1])
@@ -476,17 +510,30 @@ def render_explanations(
 
 
 def _output_path(out: str, image: str) -> Path:
-    """``--out`` checked before any work: a file (PNG unless it names another format) that
-    is not the input photo."""
+    """``--out`` checked before any work: a file (PNG unless it names another format) in a
+    format matplotlib writes, writable, that is not the input photo."""
     path = Path(out)
     if not path.suffix and not path.is_dir():
         path = path.with_suffix(".png")
+    if path.suffix and not path.is_dir():
+        FigureCanvasAgg = _matplotlib()[0]
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if path.suffix[1:].lower() not in formats:
+            raise ValueError(
+                f"--out {out}: cannot write a {path.suffix} image; use one of "
+                + ", ".join(f".{f}" for f in sorted(formats))
+            )
     return output_file(path, "--out", [image])
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    out = _output_path(args.out, args.image)
+    if args.model is not None and Path(args.model).suffix.lower() == ".onnx":
+        raise ValueError(
+            f"--model {args.model}: explain needs torch weights (a checkpoint, a run folder or "
+            "a shipped weights name), not an ONNX model"
+        )
     _matplotlib()  # missing: say so before the work, not after it
+    out = _output_path(args.out, args.image)
     recognizer = recognizer_from_args(args)
     loaded = load_image(args.image, max_side=recognizer.max_side)
     explanations = explain(recognizer, loaded, target=args.target)
@@ -495,7 +542,8 @@ def run_explain(args: argparse.Namespace) -> int:
         return 0
     for k, e in enumerate(explanations, 1):
         box = ", ".join(str(v) for v in e.face.box)
-        print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}")
+        note = f" (Grad-CAM: {e.gradcam_note})" if e.gradcam_note else ""
+        print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}{note}")
     render_explanations(loaded, explanations, out)
     print(f"explanation written to {out}")
     sys.stdout.flush()

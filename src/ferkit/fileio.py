@@ -26,10 +26,32 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file: the same path after links are followed, or,
+    when both exist, the same file on disk (another hard link to it)."""
     try:
-        return Path(a).resolve() == Path(b).resolve()
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _check_writable(path: Path, option: str, target: str | os.PathLike) -> None:
+    """Open ``path`` for writing without changing it (a new file is made and removed again)."""
+    try:
+        if path.exists():
+            if path.is_file():  # appending nothing leaves it as it is
+                with open(path, "ab"):
+                    pass
+            elif not os.access(path, os.W_OK):  # a device or pipe: not opened here
+                raise PermissionError(13, "Permission denied")
+        else:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"{option} {target}: cannot write this file ({reason})") from None
 
 
 def output_file(
@@ -37,7 +59,8 @@ def output_file(
 ) -> Path:
     """``target`` checked, before any work, as the file an ``option`` (``--out``) writes:
     not a folder, not under a file, none of the files to ``keep`` (the inputs, another
-    output); its folder is made. A ValueError naming the option says what is wrong."""
+    output, also through a hard link), writable; its folder is made (the file is not). A
+    ValueError naming the option says what is wrong."""
     path = Path(target)
     if path.is_dir():
         raise ValueError(f"{option} {target} is a folder; give the file to write")
@@ -53,4 +76,5 @@ def output_file(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
+    _check_writable(path, option, target)
     return path

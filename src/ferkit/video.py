@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import operator
 import os
@@ -30,7 +31,18 @@ from .recognize import _PALETTE, Face, Recognizer
 
 #: Frames per second written when a video does not say its own.
 DEFAULT_FPS = 25.0
+#: Seconds between progress lines when there is no progress bar (a log file).
+PROGRESS_SECONDS = 60
 _WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+_WRITER_SUFFIXES = ".mp4, .mov, .m4v or .avi"
+
+
+def _quiet_ffmpeg() -> None:
+    """Silence FFmpeg's own log lines (e.g. "moov atom not found"): ferkit says what went
+    wrong itself. OpenCV reads this setting once, when it first opens a video, so this runs
+    before each capture or writer; a setting of the user's own is kept."""
+    if not (os.environ.get("OPENCV_FFMPEG_LOGLEVEL") or os.environ.get("OPENCV_FFMPEG_DEBUG")):
+        os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
 
 
 @dataclass
@@ -49,6 +61,9 @@ class TrackedFace(Face):
 @dataclass
 class FrameResult:
     """One frame of a video: its index (from 0), its time in seconds, and its faces.
+
+    ``time_s`` is counted from the first frame, by the video's own timestamps (right for a
+    variable frame rate too); where the decoder gives none that make sense, index / fps.
 
     ``processed`` is False on the frames between two analysed ones (``every`` > 1): their
     ``faces`` are those of the last analysed frame, carried over.
@@ -188,6 +203,7 @@ class VideoStream:
         self.every = every
         self.on_frame = on_frame
         cv2 = _import_cv2()
+        _quiet_ffmpeg()
         self.camera = isinstance(source, int) and not isinstance(source, bool)
         if self.camera:
             self.name = f"camera {source}"
@@ -218,6 +234,11 @@ class VideoStream:
         self._first: np.ndarray | None = first
         self.height, self.width = first.shape[:2]
         self.fps = None if self.camera else _usable_fps(cap.get(cv2.CAP_PROP_FPS))
+        # the decoder's time of the first frame: times count from it while they make sense
+        origin = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
+        self._origin = origin if math.isfinite(origin) and origin >= 0 else None
+        self._anchor = (0, 0.0)  # the last frame timed by the decoder: (index, seconds)
+        self._first_time = None if self.camera else self._time(0, 0.0)
         count = 0.0 if self.camera else float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = int(count) if math.isfinite(count) and count >= 1 else None
         self.frames_read = 0
@@ -242,12 +263,24 @@ class VideoStream:
         self._cap.release()
 
     def _time(self, index: int, start: float) -> float:
+        """The time of frame ``index``, the frame just read (wall clock for a camera)."""
         if self.camera:
             return time.monotonic() - start
-        if self.fps is not None:
-            return index / self.fps
         cv2 = _import_cv2()
-        return max(0.0, float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0)
+        decoder = float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
+        if self.fps is None:
+            return max(0.0, decoder)
+        nominal = index / self.fps
+        last_index, last_time = self._anchor
+        if self._origin is not None:
+            when = round(decoder - self._origin, 6)  # to the microsecond: no float noise
+            if math.isfinite(when) and (when > last_time or index == last_index == 0):
+                if abs(when - nominal) < 0.01 / self.fps:
+                    when = nominal  # a constant frame rate: the exact multiple
+                self._anchor = (index, when)
+                return when
+            self._origin = None  # not increasing: not trusted from here on
+        return (last_time - last_index / self.fps) + index / self.fps
 
     def _run(self) -> Iterator[FrameResult]:
         start = time.monotonic()
@@ -258,16 +291,18 @@ class VideoStream:
                 process = index % self.every == 0
                 if index == 0:
                     frame, self._first = self._first, None
-                elif process or self.on_frame is not None:
-                    ok, frame = self._cap.read()
-                    if not ok or frame is None:
-                        break
-                else:  # nothing needs these pixels: skip the colour conversion
-                    if not self._cap.grab():
-                        break
-                    frame = None
+                    when = self._time(0, start) if self._first_time is None else self._first_time
+                else:
+                    if process or self.on_frame is not None:
+                        ok, frame = self._cap.read()
+                        if not ok or frame is None:
+                            break
+                    else:  # nothing needs these pixels: skip the colour conversion
+                        if not self._cap.grab():
+                            break
+                        frame = None
+                    when = self._time(index, start)
                 self.frames_read += 1
-                when = self._time(index, start)
                 if process:
                     faces = self.tracker.update(self.recognizer.predict(frame, color="bgr"))
                     self.frames_processed += 1
@@ -303,7 +338,8 @@ def process_video(
     frame before its result is yielded, with the frame as OpenCV decodes it (uint8
     H x W x 3 BGR; draw on it or write it, but do not keep it). A track expires after
     ``max_missed`` analysed frames without a match; ``iou_threshold`` is the least box
-    overlap that continues a track.
+    overlap that continues a track. FFmpeg's own log lines are silenced (the environment
+    variable ``OPENCV_FFMPEG_LOGLEVEL`` is set to -8 unless it is set already).
     """
     return VideoStream(source, recognizer, every, smoothing, on_frame, iou_threshold, max_missed)
 
@@ -357,47 +393,106 @@ def _codec_for(path: Path) -> str:
     codec = _WRITER_CODECS.get(path.suffix.lower())
     if codec is None:
         raise ValueError(
-            f"{path}: cannot tell the video format from this name; use "
-            + " or ".join(sorted(_WRITER_CODECS))
+            f"--out {path}: cannot tell the video format from this name; use {_WRITER_SUFFIXES}"
         )
     return codec
 
 
+def _out_file(out: str, keep: Sequence[str]) -> Path:
+    """``--out`` checked before any work: a video name, not a folder, writable, no input."""
+    path = Path(out)
+    if not path.is_dir():  # a folder: output_file says so
+        _codec_for(path)
+    return output_file(path, "--out", keep)
+
+
+def _sides(width_odd: bool, height_odd: bool) -> str:
+    return " and ".join(s for s, odd in (("column", width_odd), ("row", height_odd)) if odd)
+
+
 def _writer_for(path: Path, fps: float, size: tuple[int, int]):
+    """An open ``cv2.VideoWriter`` for frames of ``size`` (width, height), and a note for
+    the summary when the video it writes is smaller ("" when it is not).
+
+    FFmpeg's encoders need an even width and height (OpenCV leaves out the last pixel column
+    or row); for .avi, OpenCV's own MJPEG writer keeps odd sizes, at a whole-number frame
+    rate (it has no other).
+    """
     cv2 = _import_cv2()
+    _quiet_ffmpeg()
     codec = _codec_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    fourcc = cv2.VideoWriter_fourcc(*codec)
+    width, height = size
+    odd = (width % 2 == 1, height % 2 == 1)
+    note = ""
+    if any(odd) and path.suffix.lower() == ".avi" and fps >= 1 and float(fps).is_integer():
+        writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, fourcc, fps, size)
+    else:
+        writer = cv2.VideoWriter(str(path), fourcc, fps, size)
+        if any(odd):
+            why = (
+                f".avi keeps an odd width or height only at a whole-number frame rate, and "
+                f"this video's is {fps:g}"
+                if path.suffix.lower() == ".avi"
+                else f"{path.suffix} needs an even width and height; .avi keeps odd sizes"
+            )
+            sides = _sides(*odd)
+            verb = "are" if " and " in sides else "is"
+            note = (
+                f" ({width - odd[0]} x {height - odd[1]}, not {width} x {height}: the last "
+                f"pixel {sides} {verb} left out, as {why})"
+            )
     if not writer.isOpened():
         writer.release()
-        raise ValueError(f"{path}: OpenCV cannot write a {codec} video here")
-    return writer
+        raise ValueError(f"--out {path}: OpenCV cannot write a {codec} video here")
+    return writer, note
 
 
 class _CsvOut:
-    def __init__(self, target: str, class_names: list[str]) -> None:
+    """The ``--csv`` table. On standard output beside a progress bar (``bar``), rows go
+    through the bar, which clears its line first: the two never share a terminal line."""
+
+    def __init__(self, target: str, class_names: list[str], bar=None) -> None:
         if target == "-":
             self.file, self.owned = sys.stdout, False
         else:
-            path = Path(target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file, self.owned = open(path, "w", newline="", encoding="utf-8"), True
+            try:
+                self.file = open(target, "w", newline="", encoding="utf-8")
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ValueError(f"--csv {target}: cannot write this file ({reason})") from None
+            self.owned = True
+        self.bar = None if self.owned else bar
         self.class_names = class_names
-        self.writer = csv.writer(self.file, lineterminator="\n")
-        self.writer.writerow(
-            ["frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence"] + class_names
+        self._emit(
+            [
+                ["frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence"]
+                + class_names
+            ]
         )
+
+    def _emit(self, rows: list[list]) -> None:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        if self.bar is not None:
+            self.bar.write(text.getvalue().removesuffix("\n"), file=self.file)
+        else:
+            self.file.write(text.getvalue())
 
     def write(self, result: FrameResult) -> None:
         head = [result.frame_index, f"{result.time_s:.3f}"]
         if not result.faces:
-            self.writer.writerow(head + [""] * (7 + len(self.class_names)))
-        for f in result.faces:
-            self.writer.writerow(
+            self._emit([head + [""] * (7 + len(self.class_names))])
+            return
+        self._emit(
+            [
                 head
                 + [f.track_id, *f.box, f.label, f"{f.confidence:.6f}"]
                 + [f"{f.scores[c]:.6f}" for c in self.class_names]
-            )
+                for f in result.faces
+            ]
+        )
 
     def close(self) -> None:
         if self.owned:
@@ -406,62 +501,129 @@ class _CsvOut:
             self.file.flush()
 
 
+def _stdout_to_devnull() -> None:
+    """After standard output was closed by its reader: what is still buffered for it goes
+    nowhere, instead of failing again when Python exits."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _progress_line(name: str, done: int, total: int | None, elapsed: float) -> str:
+    rate = done / max(elapsed, 1e-9)
+    if total is None or done >= total:
+        return f"{name}: {done} frames, {rate:.1f} frames/s"
+    left = (total - done) / max(rate, 1e-9)
+    return (
+        f"{name}: frame {done} of {total} ({done / total:.0%}), {rate:.1f} frames/s, "
+        f"about {left / 60:.1f} min left"
+    )
+
+
 def run_video(args: argparse.Namespace) -> int:
     if Path(args.input).suffix.lower() in IMAGE_EXTENSIONS - {".gif", ".webp"}:
         # OpenCV would read a photo as a one-frame video (GIF and WebP may be animations)
         raise ValueError(f"{args.input}: a photo, not a video; use `ferkit predict "
                          f"{args.input}` for photos")
-    if args.out:
-        _codec_for(Path(args.out))
-        output_file(args.out, "--out", [args.input])
-    if args.csv and args.csv != "-":
-        output_file(args.csv, "--csv", [args.input, *([args.out] if args.out else [])])
-    recognizer = recognizer_from_args(args)
-    names = recognizer.class_names
     writer = None
+    names: list[str] = []
 
     def annotate(frame: np.ndarray, result: FrameResult) -> None:
         writer.write(draw_tracked(frame, result.faces, names))
 
+    # the video is opened (a missing or unreadable one is said at once) before the model
+    # loads; the recognizer is set once it has
     stream = process_video(
         args.input,
-        recognizer,
+        None,
         every=args.every,
         smoothing=args.smooth,
         on_frame=annotate if args.out else None,
     )
     table = None
     bar = None
+    note = ""
+    try:
+        # every output checked (and found writable) before any is made
+        out = _out_file(args.out, [args.input]) if args.out else None
+        csv_path = None
+        if args.csv and args.csv != "-":
+            keep = [args.input, *([args.out] if args.out else [])]
+            csv_path = output_file(args.csv, "--csv", keep)
+        stream.recognizer = recognizer_from_args(args)
+        names = stream.recognizer.class_names
+        made = [p for p in (out, csv_path) if p is not None and not p.exists()]
+        try:
+            if out is not None:
+                writer, note = _writer_for(
+                    out, stream.fps or DEFAULT_FPS, (stream.width, stream.height)
+                )
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=stream.frame_count, unit="frame", file=sys.stderr)
+            if args.csv:
+                table = _CsvOut(args.csv, names, bar if sys.stdout.isatty() else None)
+        except BaseException:
+            if writer is not None:
+                writer.release()
+            for p in made:  # no empty stub of a run that never started
+                p.unlink(missing_ok=True)
+            raise
+    except BaseException:
+        stream.close()
+        if bar is not None:
+            bar.close()
+        raise
     faces_seen = 0
     ids: set[int] = set()
-    start = time.monotonic()
+    closed_at = None  # frames written when standard output was closed early
+    start = last_note = time.monotonic()
     try:
-        if args.out:
-            writer = _writer_for(
-                Path(args.out), stream.fps or DEFAULT_FPS, (stream.width, stream.height)
-            )
-        if args.csv:
-            table = _CsvOut(args.csv, names)
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=stream.frame_count, unit="frame", file=sys.stderr)
         for result in stream:
             if result.processed:
                 faces_seen += len(result.faces)
                 ids.update(f.track_id for f in result.faces)
                 if table is not None:
-                    table.write(result)
+                    try:
+                        table.write(result)
+                    except BrokenPipeError:
+                        if writer is None:
+                            raise  # nothing else is being written: a quiet stop (cli)
+                        closed_at = stream.frames_read
+                        break
             if bar is not None:
                 bar.update(1)
+            elif time.monotonic() - last_note >= PROGRESS_SECONDS:
+                # no progress bar (a log file): a line now and then instead
+                last_note = time.monotonic()
+                print(
+                    _progress_line(
+                        args.input, stream.frames_read, stream.frame_count, last_note - start
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         stream.close()
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.release()
-        if table is not None:
+        if table is not None and closed_at is None:
             table.close()
+    if closed_at is not None:
+        _stdout_to_devnull()
+        of = f" of {stream.frame_count}" if stream.frame_count is not None else ""
+        print(
+            f"ferkit: standard output was closed early; the annotated video {args.out} holds "
+            f"only the first {closed_at}{of} frames",
+            file=sys.stderr,
+        )
+        return 1
     elapsed = max(time.monotonic() - start, 1e-9)
     summary = sys.stderr if args.csv == "-" else sys.stdout
     frames = stream.frames_read
@@ -476,7 +638,7 @@ def run_video(args: argparse.Namespace) -> int:
         file=summary,
     )
     if args.out:
-        print(f"annotated video written to {args.out}", file=summary)
+        print(f"annotated video written to {args.out}{note}", file=summary)
     if args.csv and args.csv != "-":
         print(f"CSV written to {args.csv}", file=summary)
     return 0

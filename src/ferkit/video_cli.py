@@ -44,8 +44,10 @@ def add_parsers(subparsers) -> None:
         "--out",
         default=None,
         metavar="ANNOTATED.mp4",
-        help="write a copy with boxes, face ids and labels (.mp4 or .avi; same frame rate "
-        "and size; no audio)",
+        help="write a copy with boxes, face ids and labels (.mp4, .mov, .m4v or .avi; no "
+        "audio), at the same frame rate and size, except that an odd width or height loses "
+        "its last pixel column or row in .mp4, .mov and .m4v (and in .avi at a fractional "
+        "frame rate such as 29.97); the summary says so when it does",
     )
     v.add_argument(
         "--csv",
