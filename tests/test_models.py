@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from ferkit.models import (
     SpatialAttention,
     create_model,
     list_models,
+    model_options,
 )
 from ferkit.models.layers import ConvBNReLU
 
@@ -333,8 +335,36 @@ def test_create_model_unknown_name_lists_available():
 
 @pytest.mark.parametrize("name", ["mba_cnn", "resnet18", "vgg_fer", "vulpe_cnn"])
 def test_create_model_bad_option(name):
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="has no option 'no_such_option'; its options: ") as info:
         create_model(name, no_such_option=1)
+    for option in model_options(name):
+        assert option in str(info.value)  # the message lists what it takes
+
+
+def test_create_model_bad_values_name_the_option():
+    assert model_options("mba_cnn_1branch")["branches"] == 1  # the registered defaults
+    assert {"dropout", "branches", "attention"} <= set(model_options("mba_cnn"))
+    with pytest.raises(ValueError, match="'mba_cnn' with dropout=2: dropout probability"):
+        create_model("mba_cnn", dropout=2)
+    with pytest.raises(ValueError, match="branches=5: branches must be 1 or 3"):
+        create_model("mba_cnn", branches=5)
+    for bad in (0, -1, "7", 2.5, True):
+        with pytest.raises(ValueError, match="num_classes must be a whole number >= 1"):
+            create_model("mba_cnn", num_classes=bad)
+    assert create_model("resnet18", num_classes=np.int64(3)).fc.out_features == 3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_refuse_input_they_cannot_take_with_a_clear_error(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+        for shape in ((2, 48, 48), (2, 3, 48, 48), (48, 48)):
+            with pytest.raises(ValueError, match=r"expected a batch of faces N x 1 x H x W"):
+                model(torch.zeros(shape))
+        if name != "resnet18":  # the others' layers fix the size, or its multiple
+            with pytest.raises(ValueError, match="47 x 47"):
+                model(torch.zeros(1, 1, 47, 47))
 
 
 def test_create_model_options_override_defaults():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -132,6 +133,7 @@ class Recipe:
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"recipe key {key}: expected a mapping of option: value, got "
                                  f"{getattr(self, key)!r}")
+        self._check_model_options()
         for key in ("train_splits", "val_split"):
             value = getattr(self, key)
             names = [value] if isinstance(value, str) else value
@@ -145,6 +147,19 @@ class Recipe:
         if self.ferplus_csv is not None and not isinstance(self.ferplus_csv, str):
             raise ValueError(f"recipe key ferplus_csv: expected a file name, got "
                              f"{self.ferplus_csv!r}")
+
+    def _check_model_options(self) -> None:
+        """The model builds with these options: its layers are made on torch's "meta"
+        device (shapes only, no memory, no time), so names and values are checked now."""
+        import torch
+
+        from .models import create_model
+
+        try:
+            with torch.device("meta"):
+                create_model(self.model, **self.model_options)
+        except ValueError as exc:
+            raise ValueError(f"recipe key model_options: {exc}") from None
 
     def _check_ranges(self) -> None:
         """Numbers in their ranges, checked before any data is read or any step is run."""
@@ -203,9 +218,22 @@ class Recipe:
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    def from_yaml(
+        cls, path: str | Path, overrides: list[str] | str | dict | None = None
+    ) -> Recipe:
         """A recipe file, or the name of one that ships with ferkit (``paper``, see
-        `list_recipes`), with ``KEY=VALUE`` overrides."""
+        `list_recipes`), with overrides: ``KEY=VALUE`` strings as ``--set`` takes them
+        (``["epochs=1", "augment.erasing=0.5"]``, or one such string), or a dict of keys
+        (``{"epochs": 1, "augment.erasing": 0.5}``)."""
+        if isinstance(overrides, str):
+            overrides = [overrides]
+        elif isinstance(overrides, dict):
+            overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        elif overrides is not None and not (
+            isinstance(overrides, (list, tuple)) and all(isinstance(o, str) for o in overrides)
+        ):
+            raise TypeError("overrides must be KEY=VALUE strings (a list, or one string) or a "
+                            f"dict of recipe keys, not {overrides!r}")
         path = recipe_path(path)
         try:
             d = yaml.safe_load(path.read_text()) or {}

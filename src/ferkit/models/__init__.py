@@ -2,7 +2,7 @@
 
 from .layers import CBAM, DSCCBAM, ChannelAttention, DepthwiseSeparableConv, SpatialAttention
 from .mba_cnn import MBACNN
-from .registry import create_model, list_models, model_spec
+from .registry import create_model, list_models, model_options, model_spec
 
 __all__ = [
     "CBAM",
@@ -13,5 +13,6 @@ __all__ = [
     "SpatialAttention",
     "create_model",
     "list_models",
+    "model_options",
     "model_spec",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU
+from .layers import ConvBNReLU, check_faces
 
 
 class VulpeBlock(nn.Sequential):
@@ -55,6 +55,7 @@ class VulpeCNN(nn.Module):
         img_size: int = 48,
     ):
         super().__init__()
+        self.in_chans, self.img_size = in_chans, img_size
         self.features = nn.Sequential(
             VulpeBlock(in_chans, (256, 512), dropout),
             VulpeBlock(512, (384,), dropout),
@@ -72,6 +73,8 @@ class VulpeCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # the flattened features fix the input size
+            check_faces(x, self.in_chans, "vulpe_cnn", size=self.img_size)
         return self.head(self.features(x))
 
 
@@ -120,6 +123,7 @@ class ResNet18(nn.Module):
         widths: tuple[int, ...] = (64, 128, 256, 512),
     ):
         super().__init__()
+        self.in_chans = in_chans
         self.stem = ConvBNReLU(in_chans, widths[0])
         stages = []
         prev = widths[0]
@@ -137,6 +141,8 @@ class ResNet18(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            check_faces(x, self.in_chans, "resnet18")
         x = self.stages(self.stem(x)).mean(dim=(2, 3))
         return self.fc(self.dropout(x))
 
@@ -165,6 +171,7 @@ class VGGFer(nn.Module):
         img_size: int = 48,
     ):
         super().__init__()
+        self.in_chans, self.img_size = in_chans, img_size
         stages = []
         prev = in_chans
         for width in widths:
@@ -186,4 +193,6 @@ class VGGFer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # the flattened features fix the input size
+            check_faces(x, self.in_chans, "vgg_fer", size=self.img_size)
         return self.head(self.features(x))

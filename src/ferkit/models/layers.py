@@ -12,6 +12,27 @@ import torch
 from torch import nn
 
 
+def check_faces(x: torch.Tensor, in_chans: int, name: str, multiple: int = 1,
+                size: int | None = None) -> None:
+    """A clear error for input a model cannot take (instead of a shape mismatch deep inside
+    it): ``x`` must be N x in_chans x H x W, with H and W multiples of ``multiple``, or
+    both ``size`` when the model has a fixed input size. Models call it from ``forward``
+    (shapes only: no cost worth measuring; skipped while tracing, e.g. an ONNX export)."""
+    if torch.jit.is_tracing():
+        return
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"{name}: expected a batch of faces N x {in_chans} x H x W (normalised 48 x 48 "
+            f"crops, as ferkit.augment.normalize makes them), got shape {tuple(x.shape)}"
+        )
+    h, w = x.shape[2], x.shape[3]
+    if size is not None and (h, w) != (size, size):
+        raise ValueError(f"{name}: expected {size} x {size} faces, got {h} x {w}")
+    if h % multiple or w % multiple or h < multiple or w < multiple:
+        raise ValueError(f"{name}: expected faces whose sides are multiples of {multiple} "
+                         f"(48 x 48 as trained), got {h} x {w}")
+
+
 class ConvBNReLU(nn.Sequential):
     """k x k convolution (no bias: the BatchNorm that follows has one), BatchNorm, ReLU."""
 

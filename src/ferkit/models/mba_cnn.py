@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import DSCCBAM, ConvBNReLU, DepthwiseSeparableConv
+from .layers import DSCCBAM, ConvBNReLU, DepthwiseSeparableConv, check_faces
 
 
 class MBACNN(nn.Module):
@@ -52,6 +52,7 @@ class MBACNN(nn.Module):
         super().__init__()
         if branches not in (1, 3):
             raise ValueError(f"branches must be 1 or 3, got {branches}")
+        self.in_chans = in_chans
         conv = DepthwiseSeparableConv if separable else ConvBNReLU
         c0, c1 = stem_channels
         self.stem = nn.Sequential(ConvBNReLU(in_chans, c0), ConvBNReLU(c0, c1))
@@ -101,4 +102,7 @@ class MBACNN(nn.Module):
         return self.fuse(fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            # three branches of different strides meet in a sum: sides divisible by 8
+            check_faces(x, self.in_chans, "MBA-CNN", multiple=8 if self.branches == 3 else 4)
         return self.head(self.features(x).mean(dim=(2, 3)))

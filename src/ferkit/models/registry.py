@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +31,23 @@ def register(name: str, builder: Callable[..., nn.Module], description: str, **d
 
 
 def list_models() -> list[str]:
+    """Names of the registered models (``create_model``'s first argument)."""
     return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> dict:
+    """The options (keyword arguments beyond ``num_classes`` and ``in_chans``) of model
+    ``name`` with their defaults, as `create_model` (and a recipe's ``model_options``) takes
+    them."""
+    spec = model_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    options = {
+        k: p.default
+        for k, p in params.items()
+        if k not in ("self", "num_classes", "in_chans")
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return {**options, **spec.defaults}
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -42,13 +60,27 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, num_classes: int = 7, in_chans: int = 1, **options) -> nn.Module:
-    """Build a registered model. ``options`` override the model's defaults."""
+    """Build a registered model. ``options`` override the model's defaults
+    (`model_options` lists them); a wrong name, option or value is a ValueError naming it."""
     spec = model_spec(name)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"model {name!r}: {key} must be a whole number >= 1, not {value!r}")
+    known = model_options(name)
+    unknown = sorted(set(options) - set(known))
+    takes_any = any(p.kind == p.VAR_KEYWORD
+                    for p in inspect.signature(spec.builder).parameters.values())
+    if unknown and not takes_any:
+        raise ValueError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+            + ", ".join(f"{k} (default {v!r})" for k, v in known.items())
+        )
     kwargs = {**spec.defaults, **options}
     try:
-        return spec.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad options for model {name!r}: {exc}") from None
+        return spec.builder(num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
+    except (TypeError, ValueError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "defaults"
+        raise ValueError(f"model {name!r} with {shown}: {exc}") from None
 
 
 register("mba_cnn", MBACNN, "MBA-CNN (He 2023): DSC + CBAM, three branches")
