@@ -962,3 +962,18 @@ def test_real_check_report(real_faces):
     assert overlap["PublicTest"]["Training"] > 0 and overlap["PrivateTest"]["Training"] > 0
     assert report["duplicate_groups"] > 0 and report["conflicting_label_groups"] > 0
     print(f"\ncheck_report in {seconds:.2f} s\n{format_check(report)}")
+
+
+def test_reader_notes_are_printed_by_the_first_process_only(monkeypatch, capsys):
+    """Under torchrun every process reads the data; its notes appear once, not per process."""
+    from ferkit.data.readers import report_notes, report_skipped
+
+    faces = FaceSet(np.zeros((1, 48, 48), np.uint8), np.zeros(1, np.int64), np.array(["all"]))
+    faces.info.update(notes=["classes are the folder names"], skipped=["row 3: bad pixels"])
+    for rank, shown in (("1", False), ("0", True), ("", True)):
+        monkeypatch.setenv("RANK", rank)
+        report_notes(faces)
+        report_skipped(faces)
+        err = capsys.readouterr().err
+        assert ("note: classes are the folder names" in err) is shown, rank
+        assert ("skipped row 3: bad pixels" in err) is shown, rank

@@ -7,6 +7,7 @@ horizontal bar at its own height (hflip leaves it unchanged).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -953,6 +954,10 @@ def test_eval_takes_shipped_names_and_run_folders(trained, pack, tmp_path, capsy
         ("time_budget_minutes=0", "time_budget_minutes: expected minutes > 0"),
         ("model=mbacnn", "model: 'mbacnn' is not a model"),
         ("ema=1", r"ema: expected a decay in \[0, 1\)"),
+        ("model_options={dropuot: 0.3}",
+         "model_options: model 'mba_cnn' has no option 'dropuot'; its options: .*dropout"),
+        ("model_options={dropout: 2}", "model_options: model 'mba_cnn' with dropout=2"),
+        ("model_options={branches: 5}", "model_options: model 'mba_cnn' with branches=5"),
     ],
 )
 def test_recipe_values_are_checked_before_any_work(override, match):
@@ -960,10 +965,48 @@ def test_recipe_values_are_checked_before_any_work(override, match):
         Recipe.from_yaml("paper", [override])
 
 
+def test_recipe_overrides_as_a_list_a_string_or_a_dict():
+    assert Recipe.from_yaml("finetune", ["epochs=2", "augment.erasing=0.5"]).epochs == 2
+    assert Recipe.from_yaml("finetune", "epochs=3").epochs == 3
+    r = Recipe.from_yaml("finetune", {"epochs": 4, "augment.erasing": 0.5, "optimizer": "sgd"})
+    assert (r.epochs, r.augment["erasing"], r.optimizer) == (4, 0.5, "sgd")
+    with pytest.raises(TypeError, match="overrides must be KEY=VALUE strings"):
+        Recipe.from_yaml("finetune", 5)
+
+
+def test_fit_and_evaluate_take_in_memory_data_and_recipes(pack, env, tmp_path):
+    """From Python: a dict of recipe keys or a recipe's name, a FaceSet made from arrays,
+    and evaluation of (model, metadata) on a FaceSet: the same as from files."""
+    from ferkit.evaluate import evaluate
+
+    faces = load(pack)
+    in_memory = FaceSet(faces.images, faces.labels, faces.splits)  # no file behind it
+    keys = dataclasses.asdict(tiny_recipe(epochs=1))
+    summary = fit(keys, in_memory, tmp_path / "mem", device="cpu", progress=False)
+    from_file = fit(tiny_recipe(epochs=1), pack, tmp_path / "file", device="cpu",
+                    progress=False)
+    assert summary["best_val_acc"] == pytest.approx(from_file["best_val_acc"])
+    assert_same_weights(weights(tmp_path / "mem" / "best"), weights(tmp_path / "file" / "best"),
+                        atol=0)
+    loaded = load_checkpoint(tmp_path / "mem" / "best")
+    report = evaluate(loaded, in_memory, split="PrivateTest", device="cpu", progress=False)
+    by_path = evaluate(tmp_path / "file" / "best", pack, split="PrivateTest", device="cpu",
+                       progress=False)
+    assert report["accuracy"] == by_path["accuracy"] and report["num_samples"] == 60
+    assert report["data"] == "<FaceSet>"
+    with pytest.raises(TypeError, match="data must be a dataset path or a FaceSet"):
+        fit(keys, (faces.images, faces.labels), tmp_path / "bad", device="cpu")
+    with pytest.raises(TypeError, match="recipe must be a Recipe"):
+        fit(5, pack, tmp_path / "bad", device="cpu")
+    # a wrong TTA mode is found before the checkpoint or the data are read
+    with pytest.raises(ValueError, match="unknown TTA mode 'tencrop'"):
+        evaluate(tmp_path / "no-such-run", tmp_path / "no-such-data", tta="tencrop")
+
+
 def test_max_minutes_must_be_positive(pack, tmp_path, capsys):
     from ferkit.cli import main
 
-    with pytest.raises(ValueError, match="--max-minutes 0: expected minutes > 0"):
+    with pytest.raises(ValueError, match=r"max_minutes \(--max-minutes\) 0: expected minutes > 0"):
         fit(tiny_recipe(), pack, tmp_path / "run", device="cpu", max_minutes=0, progress=False)
     recipe = write_recipe(tmp_path / "tiny.yaml")
     with pytest.raises(SystemExit) as exit_info:

@@ -13,15 +13,19 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .data import FaceSet
     from .models import create_model, list_models
+    from .recipe import Recipe
     from .recognize import Face, Recognizer
+    from .train import fit
     from .weights import load_model
 
 #: Each public name and the submodule that defines it.
 _PUBLIC = {
     "Face": "recognize",
     "FaceSet": "data",
+    "Recipe": "recipe",
     "Recognizer": "recognize",
     "create_model": "models",
+    "fit": "train",
     "list_models": "models",
     "load_model": "weights",
 }
@@ -29,9 +33,11 @@ _PUBLIC = {
 __all__ = [
     "Face",
     "FaceSet",
+    "Recipe",
     "Recognizer",
     "__version__",
     "create_model",
+    "fit",
     "list_models",
     "load_model",
 ]
@@ -54,4 +60,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    """The public names and the submodules (not this module's own helpers)."""
+    from pkgutil import iter_modules
+
+    return sorted(set(__all__) | {m.name for m in iter_modules(__path__) if m.name[0] != "_"})

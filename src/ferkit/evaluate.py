@@ -87,13 +87,24 @@ def channels_last_on(model: torch.nn.Module, device: torch.device) -> torch.nn.M
     return model
 
 
-def load_eval_data(meta: dict, data: str | os.PathLike, ferplus: str | None = None) -> FaceSet:
-    """The dataset the checkpoint's class set needs (FER2013, or FER+ joined by row index)."""
-    data = Path(data)
-    faces = load(data)
-    if meta.get("recipe", {}).get("dataset") == "ferplus":
+def load_eval_data(
+    meta: dict, data: str | os.PathLike | FaceSet, ferplus: str | None = None
+) -> FaceSet:
+    """The dataset the checkpoint's class set needs (FER2013, or FER+ joined by row index);
+    ``data``: a path any reader takes, or a `FaceSet` (used as it is where its classes are
+    the checkpoint's already)."""
+    if isinstance(data, FaceSet):
+        faces, base = data, Path(".")  # FER+ votes: their path as given, or in the working folder
+        data = data_name(data)
+    elif isinstance(data, (str, os.PathLike)):
+        data = base = Path(data)
+        faces = load(data)
+    else:
+        raise TypeError(f"data must be a dataset path or a FaceSet, not {type(data).__name__}")
+    if (meta.get("recipe", {}).get("dataset") == "ferplus"
+            and list(faces.class_names) != list(meta["class_names"])):
         name = ferplus or meta["recipe"].get("ferplus_csv") or "fer2013new.csv"
-        faces = load_ferplus(faces, find_ferplus_votes(name, data))
+        faces = load_ferplus(faces, find_ferplus_votes(name, base))
     if list(faces.class_names) != list(meta["class_names"]):
         raise DataError(
             f"{data}: classes {list(faces.class_names)} differ from the checkpoint's "
@@ -102,9 +113,16 @@ def load_eval_data(meta: dict, data: str | os.PathLike, ferplus: str | None = No
     return faces
 
 
+def data_name(data: str | os.PathLike | FaceSet) -> str:
+    """What reports and messages call ``data``: its path, or a FaceSet's source."""
+    if isinstance(data, FaceSet):
+        return data.source or "<FaceSet>"
+    return str(data)
+
+
 def evaluate(
-    checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
+    checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict],
+    data: str | os.PathLike | FaceSet,
     split: str = "PrivateTest",
     tta: str = "none",
     device: str = "auto",
@@ -119,11 +137,26 @@ def evaluate(
     (needs ``ferkit[export]``): on 2 CPU cores 2.5x (single crop) to 3.5x (ten-crop) the
     speed of torch, with the same accuracy on the shipped model. The report says which
     backend scored it.
+
+    ``checkpoint``: shipped weights by name, a checkpoint, a run folder, or ``(model,
+    metadata)`` as `ferkit.load_model` returns them. ``data``: a dataset path, or a
+    `FaceSet` (e.g. made from numpy arrays).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if tta not in TTA_MODES:  # before any loading
+        raise ValueError(f"unknown TTA mode {tta!r}; use one of {TTA_MODES}")
     dev = torch.device("cpu") if backend == "onnx" else resolve_device(device)
-    model, meta = load_model(checkpoint, dev)  # a shipped name, a checkpoint, a run folder
+    if isinstance(checkpoint, tuple):
+        model, meta = checkpoint
+        if not isinstance(model, torch.nn.Module) or "class_names" not in meta:
+            raise TypeError("checkpoint must be a weights name, a path, or (nn.Module, "
+                            "metadata with class_names)")
+        checkpoint = meta.get("name") or meta.get("model") or "<model>"
+        run = None
+    else:  # a shipped name, a checkpoint, a run folder
+        model, meta = load_model(checkpoint, dev)
+        run = run_folder(checkpoint)
     if backend == "onnx":  # the checkpoint just loaded, exported (once, into the cache)
         from .export import onnx_backend
 
@@ -132,7 +165,8 @@ def evaluate(
     subset = faces.subset(split)  # a split the data lacks: the error, before any warning
     warn_if_resplit(faces, split)
     if (subset.labels < 0).any():
-        raise DataError(f"{data}: split {split} has unlabelled rows; it cannot be scored")
+        raise DataError(f"{data_name(data)}: split {split} has unlabelled rows; it cannot be "
+                        "scored")
     show = sys.stderr.isatty() if progress is None else progress
     if not show:  # no progress bar (a log file): one line, so a long TTA is not silent
         print(f"ferkit: scoring {checkpoint} on {len(subset):,} images of {split} (TTA {tta}, "
@@ -145,13 +179,13 @@ def evaluate(
         backend=backend,
         checkpoint=str(checkpoint),
         model=meta["model"],
-        data=str(data),
+        data=data_name(data),
         data_md5=faces.info.get("md5"),
         trained_epochs=meta.get("metrics", {}).get("epoch"),
         val_acc=meta.get("metrics", {}).get("val_acc"),
     )
     if out is not None:
-        write_outputs(report, Path(out), run_folder(checkpoint))
+        write_outputs(report, Path(out), run)
     return report
 
 

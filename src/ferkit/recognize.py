@@ -320,6 +320,17 @@ class Recognizer:
         max_side: int = MAX_SIDE,
         batch_size: int = 128,
     ) -> None:
+        from .evaluate import TTA_MODES  # the options first: nothing loads for a wrong one
+
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if int(max_side) < 1:
+            raise ValueError(f"max_side must be at least 1, not {max_side}")
+        if margin is not None and not float(margin) > -1:
+            raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "
+                             f"face box's longer side), not {margin}")
         if backend == "onnx":
             from .export import onnx_backend
 
@@ -331,7 +342,8 @@ class Recognizer:
             from .train import resolve_device
 
             if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
-                raise ValueError(f"{model}: an ONNX file needs backend='onnx'")
+                raise ValueError(f"{model}: an ONNX file needs backend='onnx' (the commands' "
+                                 "--backend onnx)")
             self.device = resolve_device(device)
             from .evaluate import channels_last_on
 
@@ -361,14 +373,6 @@ class Recognizer:
         if not self.margin > -1:
             raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "
                              f"face box's longer side), not {margin}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        if int(max_side) < 1:
-            raise ValueError(f"max_side must be at least 1, not {max_side}")
-        from .evaluate import TTA_MODES
-
-        if tta not in TTA_MODES:
-            raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")
         self.tta = tta
         self.max_side = int(max_side)
         self.batch_size = int(batch_size)

@@ -1,4 +1,4 @@
-"""`fit(recipe)`: one readable training loop with AMP, channels_last, compile, DDP and resume.
+"""`fit(recipe, data, out)`: one readable training loop with AMP, channels_last, compile, DDP and resume.
 
 The training images live on the training device as one uint8 tensor; every step (`step.py`)
 indexes a batch, augments it there and runs the model. Nothing synchronises with the host
@@ -151,13 +151,23 @@ def hold_out(part: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceSe
     return part.select(~chosen), part.select(chosen)
 
 
-def load_data(recipe: Recipe, data: str | os.PathLike) -> tuple[FaceSet, FaceSet, str]:
-    """``(train, val, val_name)``: the recipe's splits of `data`; ``val_name`` says what the
-    selection split is (``val_split``, or the part of the training split held out by
-    ``val_fraction`` where the data has no ``val_split``)."""
-    faces = load(data)
+def load_data(
+    recipe: Recipe, data: str | os.PathLike | FaceSet
+) -> tuple[FaceSet, FaceSet, str]:
+    """``(train, val, val_name)``: the recipe's splits of `data` (a path any reader takes, or
+    a `FaceSet`); ``val_name`` says what the selection split is (``val_split``, or the part
+    of the training split held out by ``val_fraction`` where the data has no ``val_split``)."""
+    if isinstance(data, FaceSet):
+        faces = data
+        data = data.source or "the FaceSet"  # what messages name
+        base = "."  # a FER+ votes file: its path as given, else in the working folder
+    elif isinstance(data, (str, os.PathLike)):
+        faces = load(data)
+        base = data
+    else:
+        raise TypeError(f"data must be a dataset path or a FaceSet, not {type(data).__name__}")
     if recipe.dataset == "ferplus":
-        faces = load_ferplus(faces, find_ferplus_votes(recipe.ferplus_csv, data))
+        faces = load_ferplus(faces, find_ferplus_votes(recipe.ferplus_csv, base))
     missing = [s for s in recipe.train_splits if s not in faces.split_names]
     if missing:
         raise DataError(
@@ -326,7 +336,7 @@ class Trainer:
     def __init__(
         self,
         recipe: Recipe,
-        data: str | os.PathLike,
+        data: str | os.PathLike | FaceSet,
         out: str | os.PathLike,
         device: str = "auto",
         resume: bool = False,
@@ -334,11 +344,11 @@ class Trainer:
         init_from: str | None = None,
         progress: bool | None = None,
     ):
-        self.recipe = recipe
+        self.recipe = recipe = as_recipe(recipe)
         self.out = Path(out)
         if max_minutes is not None and not 0 < max_minutes < math.inf:
-            raise ValueError(f"--max-minutes {max_minutes}: expected minutes > 0 (leave it out "
-                             "for no limit)")
+            raise ValueError(f"max_minutes (--max-minutes) {max_minutes}: expected minutes > 0 "
+                             "(None, or leave the option out, for no limit)")
         self.dist, self.device = setup_distributed(resolve_device(device))
         self.max_minutes = max_minutes
         self.resumed = resume
@@ -766,9 +776,22 @@ class Trainer:
         return summary
 
 
+def as_recipe(recipe: Recipe | str | os.PathLike | dict) -> Recipe:
+    """A `Recipe` from itself, a shipped recipe's name or a YAML file (`Recipe.from_yaml`),
+    or a mapping of recipe keys (`Recipe.from_dict`)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if isinstance(recipe, (str, os.PathLike)):
+        return Recipe.from_yaml(recipe)
+    raise TypeError(f"recipe must be a Recipe, a recipe name or file, or a dict of recipe "
+                    f"keys, not {type(recipe).__name__}")
+
+
 def fit(
-    recipe: Recipe,
-    data: str | os.PathLike,
+    recipe: Recipe | str | os.PathLike | dict,
+    data: str | os.PathLike | FaceSet,
     out: str | os.PathLike,
     device: str = "auto",
     resume: bool = False,
@@ -776,7 +799,14 @@ def fit(
     init_from: str | None = None,
     progress: bool | None = None,
 ) -> dict:
-    """Train `recipe` on the dataset at `data`, writing checkpoints and logs under `out`."""
+    """Train `recipe` on `data`, writing checkpoints and logs under `out`; returns the run's
+    summary (also in ``out/summary.json``; per-epoch metrics are in ``out/metrics.jsonl``).
+
+    ``recipe``: a `Recipe`, a shipped recipe's name (``"paper"``), a YAML file, or a dict of
+    recipe keys. ``data``: a dataset path (any layout `ferkit.data.load` reads) or a
+    `FaceSet` (e.g. built from numpy arrays). The rest as the ``ferkit train`` options of the
+    same names (``init_from``: weights to fine-tune from, as ``--init-from``).
+    """
     trainer = Trainer(recipe, data, out, device, resume, max_minutes, init_from, progress)
     try:
         result = trainer.run()

@@ -78,14 +78,26 @@ def load_csv(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = T
     return faces
 
 
+def _other_rank() -> bool:
+    """True in the processes of a multi-process run (torchrun) other than the first: every
+    process reads the data, one reports on it."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def report_skipped(faces: FaceSet, file=None) -> None:
-    """Print each row or image a ``skip_bad`` read left out (on every load, cached or not)."""
+    """Print each row or image a ``skip_bad`` read left out (on every load, cached or not;
+    to stderr once per run, by the first process)."""
+    if file is None and _other_rank():
+        return
     for message in faces.info.get("skipped", []):
         print(f"ferkit: skipped {message}", file=file or sys.stderr)
 
 
 def report_notes(faces: FaceSet, file=None) -> None:
-    """Print the reader's one-line notes (``info["notes"]``: ignored files, class names)."""
+    """Print the reader's one-line notes (``info["notes"]``: ignored files, class names;
+    to stderr once per run, by the first process)."""
+    if file is None and _other_rank():
+        return
     for message in faces.info.get("notes", []):
         print(f"ferkit: note: {message}", file=file or sys.stderr)
 
