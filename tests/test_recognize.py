@@ -271,6 +271,19 @@ def test_other_pixel_formats(recognizer, astronaut, tmp_path, kind):
     assert len(faces) == 1 and iou(faces[0].box, ref) > 0.8
 
 
+def test_data_of_fewer_bits_in_16_bit_images_keeps_its_contrast(tmp_path, astronaut):
+    """12- and 10-bit data (and 8-bit values) in 16-bit arrays and files are scaled by their
+    own depth: shifted by 8 bits they were near black (0..15) and scored confidently wrong."""
+    gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+    assert np.array_equal(load_image(gray.astype(np.uint16) * 257).pixels, gray)  # 16-bit
+    for bits in (12, 10, 8):
+        deep = gray.astype(np.uint16) << (bits - 8)
+        assert np.array_equal(load_image(deep).pixels, gray), bits
+        Image.fromarray(deep).save(tmp_path / f"{bits}.png")
+        assert np.array_equal(load_image(tmp_path / f"{bits}.png").pixels, gray), bits
+    assert np.array_equal(load_image(gray.astype(np.int32) << 4).pixels, gray)
+
+
 def test_bgra_array_and_float_array(recognizer, astronaut):
     ref = boxes(recognizer.predict(astronaut))
     bgra = np.dstack([astronaut[:, :, ::-1], np.full(astronaut.shape[:2], 255, np.uint8)])

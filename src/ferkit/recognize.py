@@ -2,7 +2,8 @@
 
 Inputs (`load_image`): a path or binary file object, a PIL image, or a numpy array (H x W
 gray; H x W x 3 RGB by default or BGR with ``color="bgr"``, as OpenCV gives; H x W x 4 with
-alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1). Files honour
+alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1; 16-bit data
+whose largest value fits 12 bits, or 8, is taken as 12-, 10- or 8-bit data). Files honour
 their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha, CMYK, ...) becomes
 8-bit gray or RGB; transparent parts are composited over white.
 
@@ -102,7 +103,13 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
         return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.dtype == np.uint16 or (arr.size and arr.max() > 255):
-            return (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+            arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            top = int(arr.max()) if arr.size else 0
+            # 16-bit files and arrays often hold 10- or 12-bit data (scientific and medical
+            # cameras), or 8-bit values: scaled by 256 they would be near black (0..15), so
+            # data whose maximum fits 12 bits is scaled by its own bit depth
+            shift = 8 if top >= 4096 else max(0, top.bit_length() - 8)
+            return (arr >> shift).astype(np.uint8)
         return np.clip(arr, 0, 255).astype(np.uint8)
     raise ImageError(f"unsupported image array dtype {arr.dtype}")
 
