@@ -668,6 +668,17 @@ def test_format_names_take_the_right_article(client):
     assert _with_article("AVIF", "PNG", "GIF") == "an AVIF, PNG or GIF"
 
 
+def test_only_common_formats_parsers_see_refused_uploads(client):
+    """A format the service does not take is named when it is a common one; PIL's rarer
+    plugins (here SPIDER, a rare scientific format PIL reads) never parse client bytes."""
+    for fmt, status in (("SPIDER", 422), ("PCX", 415)):
+        data = io.BytesIO()
+        Image.new("L", (16, 16)).save(data, fmt)
+        r = client.post("/v1/predict", content=data.getvalue(),
+                        headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == status, (fmt, r.text)
+
+
 def test_face_fields_are_documented(client):
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     face = schemas["FaceOut"]["properties"]
