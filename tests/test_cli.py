@@ -70,3 +70,14 @@ def test_package_names_are_lazy():
         "ferkit.recognize", "ferkit.data.faceset", "ferkit.weights", "True", "0.1.0",
         "ferkit.models",
     ]
+
+
+def test_train_help_names_every_shipped_recipe():
+    from ferkit.cli import build_parser
+    from ferkit.recipe import list_recipes
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = "".join(train.format_help().split())  # wrapped anywhere, even at hyphens
+    names = list_recipes()
+    assert {"paper", "best", "finetune"} <= set(names)
+    assert "".join(f"byname({', '.join(names)})".split()) in help_text
