@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 import torch
 
+from ferkit.argtypes import whole_number
 from ferkit.data import DataError, load
 from ferkit.data.ferplus import VOTE_COLUMNS, joined_votes
 from ferkit.faces import get_detector
@@ -108,18 +109,20 @@ def nonface_rows(faces, votes_path: str) -> np.ndarray:
     return v[:, VOTE_COLUMNS.index("NF")] > 0.5 * v.sum(axis=1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="FER2013 csv(.gz), folder or pack")
     ap.add_argument("--ferplus", default=None, help="fer2013new.csv: drop NF rows, test them")
     ap.add_argument("--split", default="PrivateTest")
-    ap.add_argument("--samples", type=int, default=300, help="faces sampled from the split")
+    ap.add_argument("--samples", type=whole_number(1), default=300,
+                    help="faces sampled from the split")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256],
                     help="pasted face sides in pixels")
-    ap.add_argument("--backgrounds", type=int, default=20, help="face-free background images")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
-    args = ap.parse_args()
+    ap.add_argument("--backgrounds", type=whole_number(0), default=20,
+                    help="face-free background images")
+    ap.add_argument("--seed", type=whole_number(0), default=0)
+    ap.add_argument("--threads", type=whole_number(1), default=1, help="torch and OpenCV threads")
+    args = ap.parse_args(argv)
     bad = [s for s in args.sizes if not 16 <= s <= min(FRAME_W, FRAME_H)]
     if bad:
         ap.error(f"--sizes {bad}: each must be 16 to {min(FRAME_W, FRAME_H)}")
@@ -133,12 +136,15 @@ def main() -> None:
         split = faces.splits == args.split
         if not split.any():
             raise DataError(f"{args.data}: no split {args.split!r}; it has {faces.split_names}")
+        flat = faces.images.reshape(len(faces), -1)
+        constant = flat.min(axis=1) == flat.max(axis=1)
+        eligible = np.flatnonzero(split & ~constant & ~nf)
+        if not len(eligible):
+            raise DataError(f"{args.data}: split {args.split!r} has no face left to sample "
+                            "(all constant images or FER+ non-faces)")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    flat = faces.images.reshape(len(faces), -1)
-    constant = flat.min(axis=1) == flat.max(axis=1)
-    eligible = np.flatnonzero(split & ~constant & ~nf)
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(eligible, size=min(args.samples, len(eligible)), replace=False)
 

@@ -15,6 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ferkit.argtypes import number, whole_number
 from ferkit.models import create_model, list_models
 from ferkit.models.info import count_macs, count_params
 
@@ -62,12 +63,15 @@ def training_rate(model, batch: int, seconds: float) -> float:
     return rate(fn, batch, seconds)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list_models())
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
+    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models(),
+                    metavar="MODEL", help=f"models to time (default: all: {', '.join(list_models())})")
+    ap.add_argument("--seconds", type=number(0, open_low=True), default=3.0,
+                    help="timed seconds per measurement")
+    ap.add_argument("--threads", type=whole_number(1), default=torch.get_num_threads(),
+                    help="torch CPU threads")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU, fp32")
     print("| model | params | GMACs | infer b1 eager | infer b1 ferkit | infer b64 eager | "

@@ -33,6 +33,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ferkit.argtypes import number, whole_number
+
 _LAUNCH = (
     "import argparse, sys\n"
     "from ferkit.serve.cli import add_parsers\n"
@@ -214,6 +216,25 @@ def check_recovery(url: str, photo: bytes, timeout: float = 60.0) -> float:
     return time.perf_counter() - t0
 
 
+def check_service(url: str) -> None:
+    """Exit with one line unless a ferkit service answers ``url + /v1/health``."""
+    try:
+        r = httpx.get(url + "/v1/health", timeout=10)
+    except httpx.TransportError:
+        raise SystemExit(
+            f"error: no service at {url}; start one (ferkit serve) or use --start"
+        ) from None
+    try:
+        ok = r.status_code == 200 and {"model", "workers", "queue_size"} <= set(r.json())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SystemExit(
+            f"error: {url}/v1/health answered {r.status_code}, not as ferkit serve does; "
+            "is it a ferkit service?"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group()
@@ -224,25 +245,32 @@ def main(argv: list[str] | None = None) -> int:
         "--random-weights", action="store_true", help="with --start: a random MBA-CNN checkpoint"
     )
     p.add_argument("--device", default=None, help="with --start: the service's --device")
-    p.add_argument("--workers", type=int, default=1, help="with --start: inference threads")
-    p.add_argument("--queue", type=int, default=8, help="with --start: the wait queue")
-    p.add_argument("--start-timeout", type=float, default=120.0)
-    p.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
-    p.add_argument("--seconds", type=float, default=10.0, help="load duration (default: 10)")
-    p.add_argument("--warmup", type=int, default=3, help="sequential requests first")
+    p.add_argument("--workers", type=whole_number(1), default=1,
+                   help="with --start: inference threads")
+    p.add_argument("--queue", type=whole_number(0), default=8, help="with --start: the wait queue")
+    p.add_argument("--start-timeout", type=number(0, open_low=True), default=120.0)
+    p.add_argument("--clients", type=whole_number(1), default=4,
+                   help="concurrent clients (default: 4)")
+    p.add_argument("--seconds", type=number(0, open_low=True), default=10.0,
+                   help="load duration (default: 10)")
+    p.add_argument("--warmup", type=whole_number(0), default=3, help="sequential requests first")
     p.add_argument(
         "--overload", action="store_true", help="also run --overload-factor times the clients"
     )
-    p.add_argument("--overload-factor", type=int, default=4)
+    p.add_argument("--overload-factor", type=whole_number(1), default=4)
     p.add_argument(
         "--busy-pause",
-        type=float,
+        type=number(0),
         default=0.05,
         help="seconds a client waits after a non-200 answer (default: 0.05)",
     )
     args = p.parse_args(argv)
     if (args.model or args.random_weights) and not args.start:
         p.error("--model and --random-weights need --start")
+    if not args.start and not args.url.startswith(("http://", "https://")):
+        p.error(f"--url {args.url}: expected http://HOST:PORT")
+    if not args.start:  # before anything else: is there a service at --url at all?
+        check_service(args.url.rstrip("/"))
 
     photo = make_photo()
     print(f"photo: 640 x 480 JPEG, {len(photo) / 1024:.0f} KiB, one face; CPUs {os.cpu_count()}")

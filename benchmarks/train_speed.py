@@ -12,14 +12,16 @@ and prints the profiler's top kernels.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import torch
 import torch.nn.functional as F
 
+from ferkit.argtypes import number, whole_number
 from ferkit.augment import AugmentConfig
-from ferkit.models import create_model
-from ferkit.recipe import GRAPHING_COMPILE_MODES
+from ferkit.models import create_model, list_models
+from ferkit.recipe import COMPILE_MODES, GRAPHING_COMPILE_MODES
 from ferkit.step import WARMUP_STEPS, TrainStep
 
 FER2013_TRAIN = 28709
@@ -84,27 +86,91 @@ def split_step(train_step: TrainStep, batch: int, reps: int = 20) -> dict:
     return {k: 1000 * v / reps for k, v in parts.items()}
 
 
-def main() -> None:
+def parse_device(ap: argparse.ArgumentParser, text: str) -> torch.device:
+    """``--device``: cpu, cuda or cuda:N, and CUDA only where there is one."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        ap.error(f"--device {text}: expected cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {text}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            ap.error(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
+                     "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            ap.error(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def measure(model_name, batch, compiled, graph, data, labels, device, amp, gen, cfg, args,
+            compile_name) -> tuple:
+    """One table row. Its model, optimizer and step are local: they are freed on return,
+    before the next row resets the peak-memory counter."""
+    model = create_model(model_name).to(device, memory_format=torch.channels_last)
+    run = torch.compile(model, mode=args.compile_mode) if compiled else model
+    step = make_step(run, data, labels, batch, device, amp, gen, cfg, cuda_graph=graph)
+    n, secs = time_steps(step, device, args.seconds)
+    ips = n * batch / secs
+    mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    mode = " + ".join([compile_name] * compiled + ["cuda graph"] * graph) or "eager"
+    if graph and step.train_step.graph is None:
+        mode += " (not recorded: ran eagerly)"
+    print(f"{model_name} batch {batch} {mode}: {ips:,.0f} images/s", flush=True)
+    if args.profile and not compiled and not graph:
+        split = split_step(step.train_step, batch)
+        print(f"{model_name} batch {batch} step split (ms, synchronised): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
+        if device.type == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    step()
+                sync(device)
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    return (model_name, batch, mode, ips, 1000 * secs / n, FER2013_TRAIN / ips, mem)
+
+
+def free_memory(device: torch.device, compiled: bool = False) -> None:
+    """Collect what the last row left (model, optimizer, CUDA graph) and start a new peak."""
+    if compiled:
+        torch._dynamo.reset()  # its caches may hold the last compiled model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["mba_cnn"])
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per row")
+    ap.add_argument("--models", nargs="+", default=["mba_cnn"], choices=list_models(),
+                    metavar="MODEL", help=f"models to time (of {', '.join(list_models())})")
+    ap.add_argument("--batch-sizes", nargs="+", type=whole_number(1), default=[64])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda where there is one)")
+    ap.add_argument("--threads", type=whole_number(1), default=None,
+                    help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--seconds", type=number(0, open_low=True), default=5.0,
+                    help="timed seconds per row")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
-    ap.add_argument("--compile-mode", default="default",
+    ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                     help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time the whole step replayed as one CUDA graph")
     ap.add_argument("--profile", action="store_true", help="step split and top kernels")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    args = ap.parse_args(argv)
+    device = parse_device(ap, args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     amp = device.type == "cuda"
     cfg = AugmentConfig(erasing=0.5)
     gen = torch.Generator(device).manual_seed(0)
     data = torch.randint(0, 256, (4096, 48, 48), dtype=torch.uint8, device=device, generator=gen)
     labels = torch.randint(0, 7, (4096,), device=device, generator=gen)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; bf16 autocast: {amp}; channels_last")
+    print(f"device: {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU thread(s); "
+          f"bf16 autocast: {amp}; channels_last")
     modes = [(False, False)]
     if args.compile:
         modes.append((True, False))
@@ -117,32 +183,9 @@ def main() -> None:
     for model_name in args.models:
         for batch in args.batch_sizes:
             for compiled, graph in modes:
-                model = create_model(model_name).to(device, memory_format=torch.channels_last)
-                run = torch.compile(model, mode=args.compile_mode) if compiled else model
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                step = make_step(run, data, labels, batch, device, amp, gen, cfg, cuda_graph=graph)
-                n, secs = time_steps(step, device, args.seconds)
-                ips = n * batch / secs
-                mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-                mode = " + ".join([compile_name] * compiled + ["cuda graph"] * graph) or "eager"
-                if graph and step.train_step.graph is None:
-                    mode += " (not recorded: ran eagerly)"
-                rows.append((model_name, batch, mode, ips,
-                             1000 * secs / n, FER2013_TRAIN / ips, mem))
-                print(f"{model_name} batch {batch} {rows[-1][2]}: {ips:,.0f} images/s", flush=True)
-                if args.profile and not compiled and not graph:
-                    split = split_step(step.train_step, batch)
-                    print(f"{model_name} batch {batch} step split (ms, synchronised): "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
-                    if device.type == "cuda":
-                        from torch.profiler import ProfilerActivity, profile
-
-                        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                            for _ in range(10):
-                                step()
-                            sync(device)
-                        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+                free_memory(device, args.compile)  # the peak counts this row's memory only
+                rows.append(measure(model_name, batch, compiled, graph, data, labels, device,
+                                    amp, gen, cfg, args, compile_name))
     print()
     print("| model | batch | mode | images/s | ms/step | FER2013 epoch (s) | peak MiB |")
     print("|---|---|---|---|---|---|---|")

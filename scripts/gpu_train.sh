@@ -14,11 +14,52 @@
 # the seeds table); +KEY=VALUE sets a recipe key for that run only, and names the recipe
 # after it (paper+cuda_graph=true is recipe and run paper-cuda_graph-true, and
 # paper@2+cuda_graph=true run paper-cuda_graph-true-s2). Values must not contain "+".
-# A device call returns at most 8 files of at most 16 MiB, 64 MiB in all: an archive over
-# 15 MiB is split into NAME.tar.gz.partNN (join with cat), and the script warns when OUT
-# holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
+# OUT is kept small enough to copy back from a rented GPU machine in one go (at most 8 files
+# of at most 16 MiB, 64 MiB in all): an archive over 15 MiB is split into NAME.tar.gz.partNN
+# (join with cat), and the script warns when OUT holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
+#
+# Run it from the root of a checkout (it puts ./src first on PYTHONPATH, runs
+# benchmarks/train_speed.py and finds recipes/NAME.yaml there). MINUTES is a positive number
+# (e.g. 30 or 0.5). --help prints the usage; fewer than 4 arguments or a MINUTES that is not
+# a positive number print it and exit with status 2. The exit status is 1 when a run failed.
+#
+# Environment variables:
+#   EXTRA          --set overrides for every run, e.g. EXTRA="--set batch_size=256"
+#   BENCH=1        first run the training-speed benchmark alone (OUT/bench.txt), with
+#   BENCH_TIMEOUT  its time limit in seconds (default 150),
+#   BENCH_BATCHES  its --batch-sizes (default "64 128"),
+#   BENCH_SECONDS  its --seconds per row (default 4) and
+#   BENCH_FLAGS    more of its options (e.g. "--cuda-graph")
+#   KEEP_RUNS=1    keep the run folders OUT/runs/NAME; otherwise OUT/runs is deleted once the
+#                  archives are written (OUT then holds the archives, bench.txt, gpu_util.csv)
+# nvidia-smi, when there is one, logs the GPU's use every 10 s to OUT/gpu_util.csv until the
+# runs end.
+#
+# CPU dry run (no GPU needed; tests/test_train.py::test_gpu_script_dry_run does this): from a
+# folder holding src (the checkout's) and optionally recipes/, with a tiny pack and tiny
+# model overrides, e.g.
+#   EXTRA="--set model=resnet18 model_options={depths:[1],widths:[8]} epochs=1 batch_size=16" \
+#   OMP_NUM_THREADS=1 bash scripts/gpu_train.sh tiny.pack out 0.05 cpu cpu@3
+# trains each recipe for one epoch on the CPU and writes out/cpu.tar.gz, out/cpu-s3.tar.gz.
 set -u
+usage() {
+  echo "usage: scripts/gpu_train.sh PACK OUT MINUTES RECIPE[@SEED][+KEY=VALUE...] [...]"
+  echo "(see the comment at the top of this script: arguments, environment variables)"
+}
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+if [ $# -lt 4 ]; then
+  { usage; echo "error: expected PACK, OUT, MINUTES and at least one RECIPE; got $# argument(s)"; } >&2
+  exit 2
+fi
 PACK=$1; OUT=$2; MINUTES=$3; shift 3
+if ! [[ $MINUTES =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && $MINUTES =~ [1-9] ]]; then
+  { usage; echo "error: MINUTES must be a positive number (e.g. 30 or 0.5), not '$MINUTES'"; } >&2
+  exit 2
+fi
+if [ ! -e "$PACK" ]; then
+  echo "error: PACK $PACK: no such file or folder" >&2
+  exit 2
+fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT/runs"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
@@ -32,8 +73,9 @@ fi
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu_util.csv" 2>&1 &
   smi=$!
+  trap 'kill "$smi" 2>/dev/null' EXIT  # the logger never outlives the script
 fi
-names=()
+names=(); pids=()
 for spec in "$@"; do
   base=${spec%%+*}; sets=()
   if [ "$base" != "$spec" ]; then IFS=+ read -ra sets <<< "${spec#*+}"; fi
@@ -50,8 +92,9 @@ for spec in "$@"; do
   python -m ferkit train --recipe "$file" --data "$PACK" --out "$OUT/runs/$name" \
     --max-minutes "$MINUTES" --set time_budget_minutes="$MINUTES" ${EXTRA:-} \
     ${sets[@]:+--set "${sets[@]}"} > "$OUT/$name.log" 2>&1 &
+  pids+=($!)
 done
-wait $(jobs -p | grep -v "^${smi:-none}$")
+wait "${pids[@]}"  # the training runs only, never the nvidia-smi logger
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 status=0
 for recipe in "${names[@]}"; do
@@ -82,6 +125,6 @@ done
 [ "${KEEP_RUNS:-0}" = 1 ] || rm -rf "$OUT/runs"
 count=$(find "$OUT" -type f | wc -l); bytes=$(du -sb "$OUT" | cut -f1)
 if [ "$count" -gt 8 ] || [ "$bytes" -gt $((64 * 1024 * 1024)) ]; then
-  echo "WARNING: OUT holds $count files, $bytes bytes: more than a device call brings back"
+  echo "WARNING: OUT holds $count files, $bytes bytes: more than 8 files or 64 MiB"
 fi
 exit $status

@@ -194,10 +194,15 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG to ``path`` (creating its folder) and close it."""
+    """Write ``fig`` as PNG to ``path`` (creating its folder) and close it; the path written.
+
+    A path without a suffix gets ``.png`` (as matplotlib would add it), so that the path
+    returned is the file's."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
