@@ -1008,6 +1008,15 @@ def test_fit_and_evaluate_take_in_memory_data_and_recipes(pack, env, tmp_path):
         evaluate(tmp_path / "no-such-run", tmp_path / "no-such-data", tta="tencrop")
 
 
+def test_checkpoints_name_the_votes_file_without_its_folder(env, tmp_path):
+    faces = bar_faces(SPLITS)
+    faces.info["ferplus"] = str(tmp_path / "private" / "fer2013new.csv")
+    fit(tiny_recipe(epochs=1), faces, tmp_path / "run", device="cpu", progress=False)
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["data"]["ferplus"] == "fer2013new.csv"
+    assert str(tmp_path) not in (tmp_path / "run" / "best.json").read_text()
+
+
 def test_max_minutes_must_be_positive(pack, tmp_path, capsys):
     from ferkit.cli import main
 

@@ -372,6 +372,8 @@ class Trainer:
         # nor its remarks (paths of this machine, in every checkpoint)
         self.data_info = {k: v for k, v in train.info.items()
                           if k not in ("skipped", "ignored", "notes")}
+        if isinstance(self.data_info.get("ferplus"), str):  # the votes file's name, no folder
+            self.data_info["ferplus"] = Path(self.data_info["ferplus"]).name
         self.data_info["content_sha256"] = data_fingerprint(train, val)
         if self.val_name != r.val_split:  # held out by val_fraction: which part, how many
             self.data_info["held_out"] = {
