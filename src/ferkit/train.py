@@ -366,6 +366,36 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.gen = torch.Generator(self.device).manual_seed(r.seed)
 
+        self._setup_data(data)
+        self._setup_model(init_from)
+
+        self.steps_per_epoch = len(self.x_train) // r.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.x_train)} training images < batch_size {r.batch_size}")
+        self.epoch = 0
+        self.global_step = 0
+        self.best = -1.0
+        self.plateau_scale = 1.0
+        self.plateau_bad = 0
+        self.planned_epochs = r.epochs
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        # after resuming: the optimizer's state must be in place before a graph records it
+        self.train_step = TrainStep(
+            self.train_model, self.opt, self.x_train, self.y_train, self.soft_train,
+            r.augment_config, self.gen, self.loss_fn, len(self.class_names), r.batch_size,
+            amp=self.amp, channels_last=r.channels_last, rank=self.dist.rank,
+            world=self.dist.world,
+            eager_model=self.eager_model, cuda_graph=r.cuda_graph,
+            log=self._note,
+        )
+
+    def _setup_data(self, data: str | os.PathLike | FaceSet) -> None:
+        """The recipe's training and selection splits, on the training device as uint8
+        tensors, and what identifies them in the checkpoints (``data_info``)."""
+        r = self.recipe
         train, val, self.val_name = load_data(r, data)
         self.class_names = train.class_names
         # what identifies the data; not the reader's lists of files it skipped or ignored,
@@ -387,10 +417,14 @@ class Trainer:
         )
         self.x_val = torch.from_numpy(val.images).to(self.device)
         self.y_val = torch.from_numpy(val.labels).to(self.device)
-        num_classes = len(self.class_names)
-        self.class_weight = class_weight_tensor(r, train.labels, num_classes, self.device)
+        self.class_weight = class_weight_tensor(r, train.labels, len(self.class_names),
+                                                self.device)
 
-        self.model = create_model(r.model, num_classes=num_classes, **r.model_options)
+    def _setup_model(self, init_from: str | None) -> None:
+        """The model (fine-tuned from ``init_from`` where given), its optimizer and EMA, and
+        the module the steps run: wrapped for DDP and compiled as the recipe says."""
+        r = self.recipe
+        self.model = create_model(r.model, num_classes=len(self.class_names), **r.model_options)
         self.init_source = None
         if init_from:
             self.init_source = self._init_from(init_from)
@@ -415,28 +449,6 @@ class Trainer:
         if r.compile:
             self.train_model = torch.compile(self.train_model, mode=r.compile_mode)
         self.amp = r.amp if self.device.type == "cuda" else r.amp_cpu
-
-        self.steps_per_epoch = len(self.x_train) // r.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.x_train)} training images < batch_size {r.batch_size}")
-        self.epoch = 0
-        self.global_step = 0
-        self.best = -1.0
-        self.plateau_scale = 1.0
-        self.plateau_bad = 0
-        self.planned_epochs = r.epochs
-        self.elapsed = 0.0
-        self.history: list[dict] = []
-        if resume:
-            self._resume()
-        # after resuming: the optimizer's state must be in place before a graph records it
-        self.train_step = TrainStep(
-            self.train_model, self.opt, self.x_train, self.y_train, self.soft_train,
-            r.augment_config, self.gen, self.loss_fn, num_classes, r.batch_size, amp=self.amp,
-            channels_last=r.channels_last, rank=self.dist.rank, world=self.dist.world,
-            eager_model=self.eager_model, cuda_graph=r.cuda_graph,
-            log=self._note,
-        )
 
     def _note(self, message: str) -> None:
         if self.dist.main:
