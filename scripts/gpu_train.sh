@@ -14,9 +14,10 @@
 # the seeds table); +KEY=VALUE sets a recipe key for that run only, and names the recipe
 # after it (paper+cuda_graph=true is recipe and run paper-cuda_graph-true, and
 # paper@2+cuda_graph=true run paper-cuda_graph-true-s2). Values must not contain "+".
-# OUT is kept small enough to copy back from a rented GPU machine in one go (at most 8 files
-# of at most 16 MiB, 64 MiB in all): an archive over 15 MiB is split into NAME.tar.gz.partNN
-# (join with cat), and the script warns when OUT holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
+# OUT is kept small, for GPU machines whose results come back through a size-limited copy
+# (the limits checked, MAX_FILES=8 files of MAX_FILE_MB=16 MiB and MAX_OUT_MB=64 MiB in all,
+# are variables: set them to yours): an archive over MAX_FILE_MB - 1 MiB is split into
+# NAME.tar.gz.partNN (join with cat), and the script warns when OUT holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
 #
 # Run it from the root of a checkout (it puts ./src first on PYTHONPATH, runs
 # benchmarks/train_speed.py and finds recipes/NAME.yaml there). MINUTES is a positive number
@@ -52,6 +53,7 @@ if [ $# -lt 4 ]; then
   exit 2
 fi
 PACK=$1; OUT=$2; MINUTES=$3; shift 3
+MAX_FILES=${MAX_FILES:-8}; MAX_FILE_MB=${MAX_FILE_MB:-16}; MAX_OUT_MB=${MAX_OUT_MB:-64}
 if ! [[ $MINUTES =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && $MINUTES =~ [1-9] ]]; then
   { usage; echo "error: MINUTES must be a positive number (e.g. 30 or 0.5), not '$MINUTES'"; } >&2
   exit 2
@@ -118,13 +120,13 @@ PY
   files=$(cd "$run" && ls best-fp16.safetensors best-fp16.json last.json metrics.jsonl summary.json recipe.json train.log 2>/dev/null)
   archive="$OUT/$recipe.tar.gz"
   tar -czf "$archive" -C "$run" $files
-  if [ "$(stat -c %s "$archive")" -gt $((15 * 1024 * 1024)) ]; then
-    split -b 15M -d "$archive" "$archive.part" && rm -f "$archive"
+  if [ "$(stat -c %s "$archive")" -gt $(((MAX_FILE_MB - 1) * 1024 * 1024)) ]; then
+    split -b "$((MAX_FILE_MB - 1))M" -d "$archive" "$archive.part" && rm -f "$archive"
   fi
 done
 [ "${KEEP_RUNS:-0}" = 1 ] || rm -rf "$OUT/runs"
 count=$(find "$OUT" -type f | wc -l); bytes=$(du -sb "$OUT" | cut -f1)
-if [ "$count" -gt 8 ] || [ "$bytes" -gt $((64 * 1024 * 1024)) ]; then
-  echo "WARNING: OUT holds $count files, $bytes bytes: more than 8 files or 64 MiB"
+if [ "$count" -gt "$MAX_FILES" ] || [ "$bytes" -gt $((MAX_OUT_MB * 1024 * 1024)) ]; then
+  echo "WARNING: OUT holds $count files, $bytes bytes: more than $MAX_FILES files or $MAX_OUT_MB MiB"
 fi
 exit $status

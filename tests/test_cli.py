@@ -55,6 +55,18 @@ def test_ferkit_help_exits_0():
     assert proc.stdout.startswith("usage: ferkit") and "export" in proc.stdout
 
 
+def test_public_names_and_dir():
+    import ferkit
+
+    names = dir(ferkit)
+    for name in ("Recognizer", "FaceSet", "Recipe", "fit", "create_model", "load_model",
+                 "models", "train", "__version__"):
+        assert name in names, name
+    assert not [n for n in names if n.startswith("_") and n != "__version__"]
+    assert "TYPE_CHECKING" not in names and "annotations" not in names
+    assert ferkit.fit.__module__ == "ferkit.train" and ferkit.Recipe.__module__ == "ferkit.recipe"
+
+
 def test_package_names_are_lazy():
     proc = subprocess.run(
         [sys.executable, "-c", "import sys, ferkit; print('torch' in sys.modules); "

@@ -362,9 +362,13 @@ def test_models_refuse_input_they_cannot_take_with_a_clear_error(name):
         for shape in ((2, 48, 48), (2, 3, 48, 48), (48, 48)):
             with pytest.raises(ValueError, match=r"expected a batch of faces N x 1 x H x W"):
                 model(torch.zeros(shape))
-        if name != "resnet18":  # the others' layers fix the size, or its multiple
-            with pytest.raises(ValueError, match="47 x 47"):
+        if name in ("mba_cnn", "mba_cnn_conv", "mba_cnn_no_cbam", "vgg_fer", "vulpe_cnn"):
+            with pytest.raises(ValueError, match="47 x 47"):  # a size their layers do not fit
                 model(torch.zeros(1, 1, 47, 47))
+        if name == "mba_cnn_1branch":  # one branch: any side from 8 pixels
+            assert model(torch.zeros(1, 1, 47, 50)).shape == (1, 7)
+            with pytest.raises(ValueError, match="at least 8 pixels"):
+                model(torch.zeros(1, 1, 4, 4))
 
 
 def test_create_model_options_override_defaults():

@@ -282,6 +282,13 @@ def test_data_of_fewer_bits_in_16_bit_images_keeps_its_contrast(tmp_path, astron
         Image.fromarray(deep).save(tmp_path / f"{bits}.png")
         assert np.array_equal(load_image(tmp_path / f"{bits}.png").pixels, gray), bits
     assert np.array_equal(load_image(gray.astype(np.int32) << 4).pixels, gray)
+    # the depth is 8, 10, 12 or 16 bits, not the image's own maximum: a dim 12-bit image
+    # stays dim, and a full-scale alpha channel does not make 12-bit colour 16-bit
+    dim = (gray // 2).astype(np.uint16) << 4  # 12-bit data, largest value below 2048
+    assert np.array_equal(load_image(dim).pixels, gray // 2)
+    alpha = np.dstack([np.repeat(gray[..., None].astype(np.uint16) << 4, 3, -1),
+                       np.full(gray.shape, 65535, np.uint16)])
+    assert np.array_equal(load_image(alpha).pixels, np.repeat(gray[..., None], 3, -1))
 
 
 def test_bgra_array_and_float_array(recognizer, astronaut):
@@ -342,6 +349,8 @@ def test_classify_takes_crops_as_predict_takes_images(recognizer):
     for what, given in same.items():
         np.testing.assert_allclose(recognizer.classify(given), expected, atol=1e-5, err_msg=what)
     np.testing.assert_allclose(recognizer.classify(crops[0]), expected[:1], atol=1e-5)
+    one_colour = np.repeat(crops[0][..., None], 3, axis=-1)  # H x W x 3: one crop
+    np.testing.assert_allclose(recognizer.classify(one_colour), expected[:1], atol=1e-5)
     colour = rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
     np.testing.assert_allclose(
         recognizer.classify(colour[..., ::-1], color="bgr"), recognizer.classify(colour),

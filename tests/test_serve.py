@@ -885,6 +885,10 @@ def test_cli_host_names_and_root_path(checkpoint, monkeypatch, capsys):
     assert serve_cli.allowed_hosts("127.0.0.2", [])[-1] == "127.0.0.2"
     assert serve_cli.allowed_hosts("0.0.0.0", []) == ()  # reached by any name: no check
     assert serve_cli.allowed_hosts("0.0.0.0", ["fer.example"]) == ("fer.example",)
+    # names given add to a loopback address's own: the address it prints still works
+    assert serve_cli.allowed_hosts("127.0.0.1", ["fer.example"]) == (
+        "localhost", "127.0.0.1", "::1", "fer.example")
+    assert serve_cli.allowed_hosts("127.0.0.1", ["fer.example", "*"]) == ()
     seen = fake_uvicorn(monkeypatch)
     common = ["--model", str(checkpoint), "--device", "cpu", "--port", "0"]
     args = parse([*common, "--root-path", "fer/"])
@@ -896,6 +900,15 @@ def test_cli_host_names_and_root_path(checkpoint, monkeypatch, capsys):
     args = parse([*common, "--allowed-host", "*"])
     assert args.func(args) == 0
     assert seen["other_host"] == 200
+
+
+def test_behind_a_proxy_prefix_the_docs_link_the_prefixed_schema(recognizer):
+    """A proxy serving the app under /fer (uvicorn's root_path, set by --root-path): the
+    docs page loads /fer/openapi.json, and the page and API answer with or without it."""
+    with TestClient(create_app(recognizer, Settings()), root_path="/fer") as c:
+        assert "'/fer/openapi.json'" in c.get("/docs").text
+        for path in ("/v1/health", "/fer/v1/health", "/", "/fer/"):
+            assert c.get(path).status_code == 200, path
 
 
 def test_cli_bad_allowed_host_is_a_one_line_error(checkpoint, capsys):

@@ -994,18 +994,33 @@ def test_fit_and_evaluate_take_in_memory_data_and_recipes(pack, env, tmp_path):
     assert_same_weights(weights(tmp_path / "mem" / "best"), weights(tmp_path / "file" / "best"),
                         atol=0)
     loaded = load_checkpoint(tmp_path / "mem" / "best")
+    loaded[0].train()  # e.g. scored in the middle of training: left in its mode
     report = evaluate(loaded, in_memory, split="PrivateTest", device="cpu", progress=False)
+    assert loaded[0].training
     by_path = evaluate(tmp_path / "file" / "best", pack, split="PrivateTest", device="cpu",
                        progress=False)
     assert report["accuracy"] == by_path["accuracy"] and report["num_samples"] == 60
     assert report["data"] == "<FaceSet>"
     with pytest.raises(TypeError, match="data must be a dataset path or a FaceSet"):
         fit(keys, (faces.images, faces.labels), tmp_path / "bad", device="cpu")
+    with pytest.raises(TypeError, match="metadata with class_names and model"):
+        evaluate((loaded[0], {"class_names": loaded[1]["class_names"]}), in_memory)
     with pytest.raises(TypeError, match="recipe must be a Recipe"):
         fit(5, pack, tmp_path / "bad", device="cpu")
     # a wrong TTA mode is found before the checkpoint or the data are read
     with pytest.raises(ValueError, match="unknown TTA mode 'tencrop'"):
         evaluate(tmp_path / "no-such-run", tmp_path / "no-such-data", tta="tencrop")
+
+
+def test_a_faceset_with_ferplus_labels_trains_a_ferplus_recipe_as_it_is(env, tmp_path):
+    from ferkit.data import FERPLUS_CLASSES
+
+    faces = bar_faces(SPLITS, class_names=FERPLUS_CLASSES)  # labelled already: no votes file
+    recipe = tiny_recipe(epochs=1, dataset="ferplus", ferplus_csv="no-such-votes.csv")
+    summary = fit(recipe, faces, tmp_path / "run", device="cpu", progress=False)
+    assert summary["epochs_done"] == 1
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["class_names"] == list(FERPLUS_CLASSES)
 
 
 def test_checkpoints_name_the_votes_file_without_its_folder(env, tmp_path):

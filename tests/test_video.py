@@ -626,3 +626,19 @@ def test_cli_progress_lines_without_a_terminal(video, checkpoint, capsys, monkey
     assert cli("video", str(video), "--every", "10", "--model", str(checkpoint)) == 0
     stderr = capsys.readouterr().err
     assert f"{video}: frame 10 of {FRAMES} (50%)" in stderr and "min left" in stderr
+
+
+def test_a_refused_output_leaves_no_folders_behind(tmp_path, monkeypatch):
+    from ferkit import fileio
+
+    def refuse(path, option, target):
+        raise ValueError(f"{option} {target}: cannot write this file (Permission denied)")
+
+    monkeypatch.setattr(fileio, "_check_writable", refuse)
+    with pytest.raises(ValueError, match="cannot write"):
+        fileio.output_file(tmp_path / "new" / "deeper" / "out.mp4", "--out")
+    assert list(tmp_path.iterdir()) == []  # the folders it made for the check are gone
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError):
+        fileio.output_file(tmp_path / "kept" / "out.mp4", "--out")
+    assert (tmp_path / "kept").is_dir()  # a folder that was there stays

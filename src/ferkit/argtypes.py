@@ -1,14 +1,28 @@
 """argparse helpers shared by the commands: ``type=`` checkers (a clear message for a bad
-value) and `deferred` command functions."""
+value), `deferred` command functions and the shipped recipes' names; nothing here imports
+torch."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
 
 #: The classifier runtimes every ``--backend`` offers: PyTorch, or onnxruntime on the CPU.
 BACKENDS = ("torch", "onnx")
+
+
+def shipped_recipes() -> Path:
+    """The folder of the recipes that ship with ferkit (read here, without the training
+    code: ``ferkit train --help`` lists them)."""
+    return Path(str(files("ferkit").joinpath("recipes")))
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes that ship with ferkit (``ferkit train --recipe NAME``)."""
+    return sorted(p.stem for p in shipped_recipes().glob("*.yaml"))
 
 
 def whole_number(low: int | None = None, high: int | None = None) -> Callable[[str], int]:

@@ -105,19 +105,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_recipe_names() -> list[str]:
-    """The shipped recipes' names, read from the package without importing the training
-    code (``ferkit.recipe.list_recipes`` imports torch)."""
-    from importlib.resources import files
-
-    folder = files("ferkit").joinpath("recipes")
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
-                  if p.name.endswith(".yaml"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .argtypes import BACKENDS, number
+    from .argtypes import BACKENDS, number, recipe_names
 
     p = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition.")
     p.add_argument("--version", action="version", version=f"ferkit {__version__}")
@@ -126,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a recipe")
     t.add_argument("--recipe", required=True,
                    help="a recipe that ships with ferkit by name ("
-                   + ", ".join(_shipped_recipe_names())
+                   + ", ".join(recipe_names())
                    + ") or the path of a YAML recipe")
     t.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     t.add_argument("--out", required=True, help="run folder for checkpoints and logs")

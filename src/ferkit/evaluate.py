@@ -13,8 +13,9 @@ import torch
 
 from .argtypes import BACKENDS
 from .augment import normalize, tta_views
-from .data import DataError, FaceSet, load, load_ferplus
+from .data import DataError, FaceSet, load_ferplus
 from .data.check import warn_if_resplit
+from .data.readers import data_label, faces_from
 from .metrics import (
     classification_report,
     plot_confusion_matrix,
@@ -93,14 +94,7 @@ def load_eval_data(
     """The dataset the checkpoint's class set needs (FER2013, or FER+ joined by row index);
     ``data``: a path any reader takes, or a `FaceSet` (used as it is where its classes are
     the checkpoint's already)."""
-    if isinstance(data, FaceSet):
-        faces, base = data, Path(".")  # FER+ votes: their path as given, or in the working folder
-        data = data_name(data)
-    elif isinstance(data, (str, os.PathLike)):
-        data = base = Path(data)
-        faces = load(data)
-    else:
-        raise TypeError(f"data must be a dataset path or a FaceSet, not {type(data).__name__}")
+    faces, data, base = faces_from(data)  # data: its name in messages from here on
     if (meta.get("recipe", {}).get("dataset") == "ferplus"
             and list(faces.class_names) != list(meta["class_names"])):
         name = ferplus or meta["recipe"].get("ferplus_csv") or "fer2013new.csv"
@@ -111,13 +105,6 @@ def load_eval_data(
             f"{meta['class_names']}"
         )
     return faces
-
-
-def data_name(data: str | os.PathLike | FaceSet) -> str:
-    """What reports and messages call ``data``: its path, or a FaceSet's source."""
-    if isinstance(data, FaceSet):
-        return data.source or "<FaceSet>"
-    return str(data)
 
 
 def evaluate(
@@ -139,7 +126,8 @@ def evaluate(
     backend scored it.
 
     ``checkpoint``: shipped weights by name, a checkpoint, a run folder, or ``(model,
-    metadata)`` as `ferkit.load_model` returns them. ``data``: a dataset path, or a
+    metadata)`` as `ferkit.load_model` returns them (the model is moved to ``device`` in
+    channels_last layout; its train/eval mode is kept). ``data``: a dataset path, or a
     `FaceSet` (e.g. made from numpy arrays).
     """
     if backend not in BACKENDS:
@@ -149,9 +137,9 @@ def evaluate(
     dev = torch.device("cpu") if backend == "onnx" else resolve_device(device)
     if isinstance(checkpoint, tuple):
         model, meta = checkpoint
-        if not isinstance(model, torch.nn.Module) or "class_names" not in meta:
+        if not isinstance(model, torch.nn.Module) or not {"class_names", "model"} <= set(meta):
             raise TypeError("checkpoint must be a weights name, a path, or (nn.Module, "
-                            "metadata with class_names)")
+                            "metadata with class_names and model)")
         checkpoint = meta.get("name") or meta.get("model") or "<model>"
         run = None
     else:  # a shipped name, a checkpoint, a run folder
@@ -165,13 +153,16 @@ def evaluate(
     subset = faces.subset(split)  # a split the data lacks: the error, before any warning
     warn_if_resplit(faces, split)
     if (subset.labels < 0).any():
-        raise DataError(f"{data_name(data)}: split {split} has unlabelled rows; it cannot be "
+        raise DataError(f"{data_label(data)}: split {split} has unlabelled rows; it cannot be "
                         "scored")
     show = sys.stderr.isatty() if progress is None else progress
     if not show:  # no progress bar (a log file): one line, so a long TTA is not silent
         print(f"ferkit: scoring {checkpoint} on {len(subset):,} images of {split} (TTA {tta}, "
               f"{backend} on {dev})", file=sys.stderr, flush=True)
+    was_training = isinstance(model, torch.nn.Module) and model.training
     probs = predict_probs(model, subset.images, tta, device=dev, progress=show)
+    if was_training:  # a model given by the caller, e.g. during training: as it was
+        model.train()
     report = classification_report(probs, subset.labels, list(meta["class_names"]))
     report.update(
         split=split,
@@ -179,7 +170,7 @@ def evaluate(
         backend=backend,
         checkpoint=str(checkpoint),
         model=meta["model"],
-        data=data_name(data),
+        data=data_label(data),
         data_md5=faces.info.get("md5"),
         trained_epochs=meta.get("metrics", {}).get("epoch"),
         val_acc=meta.get("metrics", {}).get("val_acc"),

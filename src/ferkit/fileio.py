@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -72,9 +73,16 @@ def output_file(
     for item in keep:
         if _same_file(path, item):
             raise ValueError(f"{option} {target} would replace {item}; choose another file")
+    made = [p for p in reversed(path.parents) if not p.exists()]  # outermost first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
-    _check_writable(path, option, target)
+    try:
+        _check_writable(path, option, target)
+    except ValueError:
+        for folder in reversed(made):  # a refused output leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return path

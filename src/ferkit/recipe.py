@@ -6,11 +6,11 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
+from .argtypes import recipe_names, shipped_recipes
 from .augment import AugmentConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -245,13 +245,9 @@ class Recipe:
         return cls.from_dict(apply_overrides(d, overrides or []))
 
 
-def _shipped_recipes() -> Path:
-    return Path(str(files("ferkit").joinpath("recipes")))
-
-
 def list_recipes() -> list[str]:
     """Names of the recipes that ship with ferkit (``ferkit train --recipe NAME``)."""
-    return sorted(p.stem for p in _shipped_recipes().glob("*.yaml"))
+    return recipe_names()
 
 
 def recipe_path(recipe: str | Path) -> Path:
@@ -260,7 +256,7 @@ def recipe_path(recipe: str | Path) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
-    shipped = _shipped_recipes() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    shipped = shipped_recipes() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     raise ValueError(f"{recipe}: no such recipe file, nor a recipe that ships with ferkit "

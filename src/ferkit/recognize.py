@@ -3,7 +3,7 @@
 Inputs (`load_image`): a path or binary file object, a PIL image, or a numpy array (H x W
 gray; H x W x 3 RGB by default or BGR with ``color="bgr"``, as OpenCV gives; H x W x 4 with
 alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1; 16-bit data
-whose largest value fits 12 bits, or 8, is taken as 12-, 10- or 8-bit data). Files honour
+whose largest colour value fits 12, 10 or 8 bits is taken as 12-, 10- or 8-bit data). Files honour
 their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha, CMYK, ...) becomes
 8-bit gray or RGB; transparent parts are composited over white.
 
@@ -104,11 +104,13 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         if arr.dtype == np.uint16 or (arr.size and arr.max() > 255):
             arr = np.clip(arr, 0, 65535).astype(np.uint16)
-            top = int(arr.max()) if arr.size else 0
             # 16-bit files and arrays often hold 10- or 12-bit data (scientific and medical
-            # cameras), or 8-bit values: scaled by 256 they would be near black (0..15), so
-            # data whose maximum fits 12 bits is scaled by its own bit depth
-            shift = 8 if top >= 4096 else max(0, top.bit_length() - 8)
+            # cameras), or 8-bit values: scaled by 256 they would be near black (0..15).
+            # The depth: the smallest of 8, 10, 12 and 16 bits that holds the largest colour
+            # value (alpha, often full-scale, does not count)
+            colour = arr[..., :3] if arr.ndim == 3 and arr.shape[2] == 4 else arr
+            top = int(colour.max()) if colour.size else 0
+            shift = next(bits for bits in (8, 10, 12, 16) if top < 1 << bits) - 8
             return (arr >> shift).astype(np.uint8)
         return np.clip(arr, 0, 255).astype(np.uint8)
     raise ImageError(f"unsupported image array dtype {arr.dtype}")
@@ -266,8 +268,8 @@ def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarra
                 "crops must be one H x W crop or a batch: N x H x W, N x 1 x H x W or N x H x "
                 f"W x 3/4; got {'shape ' + str(arr.shape) if arr.dtype != object else 'objects'}"
             )
-        if arr.ndim == 2:
-            arr = arr[None]
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[1] > 4):
+            arr = arr[None]  # one crop: gray H x W, or colour H x W x 3 (or x 4)
         elif arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
         elif arr.ndim == 4 and arr.shape[3] not in (1, 3, 4):
@@ -286,6 +288,13 @@ def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarra
             raise ImageError(f"crop {i}: {exc}") from None
         out[i] = resize(to_gray(pixels), size, size)
     return out
+
+
+def _check_margin(margin) -> float:
+    if not float(margin) > -1:
+        raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the face "
+                         f"box's longer side), not {margin}")
+    return float(margin)
 
 
 def _resolve_model(model) -> tuple[nn.Module, dict]:
@@ -335,9 +344,9 @@ class Recognizer:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if int(max_side) < 1:
             raise ValueError(f"max_side must be at least 1, not {max_side}")
-        if margin is not None and not float(margin) > -1:
-            raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "
-                             f"face box's longer side), not {margin}")
+        if margin is not None:
+            _check_margin(margin)
+        self.detector = get_detector(detector)
         if backend == "onnx":
             from .export import onnx_backend
 
@@ -372,14 +381,10 @@ class Recognizer:
         if not prep.get("gray", True):
             raise ValueError("model expects colour input; ferkit recognises gray faces")
         self.size = int(prep.get("size", FACE_SIZE))
-        self.detector = get_detector(detector)
         if margin is None:  # a checkpoint's margin is for detectors' boxes, not whole images
             margin = (self.detector.crop_margin if self.detector.name == "none"
                       else prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN)))
-        self.margin = float(margin)
-        if not self.margin > -1:
-            raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the "
-                             f"face box's longer side), not {margin}")
+        self.margin = _check_margin(margin)
         self.tta = tta
         self.max_side = int(max_side)
         self.batch_size = int(batch_size)
@@ -388,9 +393,9 @@ class Recognizer:
         """Class probabilities (N x C) of face crops, each already cut around one face (no
         detection; as FER2013's images are).
 
-        ``crops``: one crop (H x W gray, or 1 x H x W) or a batch: N x H x W gray, N x 1 x H x
-        W, N x H x W x 3 (RGB, or BGR with ``color="bgr"``) or x 4 (alpha over white), or a
-        list of such crops; values as `predict` takes them (uint8, 16-bit, float in 0..1,
+        ``crops``: one crop (H x W gray, 1 x H x W, or H x W x 3 / x 4 colour) or a batch:
+        N x H x W gray, N x 1 x H x W, N x H x W x 3 (RGB, or BGR with ``color="bgr"``) or
+        x 4 (alpha over white), or a list of such crops; values as `predict` takes them (uint8, 16-bit, float in 0..1,
         ...). Crops of another size than the model's (48 x 48) are resized to it.
         """
         from .evaluate import predict_probs

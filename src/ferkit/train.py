@@ -28,8 +28,9 @@ from torch import nn
 from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, normalize
 from .checkpoint import read_metadata, save_checkpoint
-from .data import DataError, FaceSet, load, load_ferplus
+from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
 from .data.fer2013 import COMPRESSED_OPENERS
+from .data.readers import faces_from
 from .fileio import write_atomically
 from .models import create_model
 from .recipe import Recipe
@@ -157,16 +158,9 @@ def load_data(
     """``(train, val, val_name)``: the recipe's splits of `data` (a path any reader takes, or
     a `FaceSet`); ``val_name`` says what the selection split is (``val_split``, or the part
     of the training split held out by ``val_fraction`` where the data has no ``val_split``)."""
-    if isinstance(data, FaceSet):
-        faces = data
-        data = data.source or "the FaceSet"  # what messages name
-        base = "."  # a FER+ votes file: its path as given, else in the working folder
-    elif isinstance(data, (str, os.PathLike)):
-        faces = load(data)
-        base = data
-    else:
-        raise TypeError(f"data must be a dataset path or a FaceSet, not {type(data).__name__}")
-    if recipe.dataset == "ferplus":
+    faces, data, base = faces_from(data)  # data: its name in messages from here on
+    if recipe.dataset == "ferplus" and list(faces.class_names) != list(FERPLUS_CLASSES):
+        # FER2013 faces get their FER+ labels; a FaceSet with FER+ labels keeps its own
         faces = load_ferplus(faces, find_ferplus_votes(recipe.ferplus_csv, base))
     missing = [s for s in recipe.train_splits if s not in faces.split_names]
     if missing:
@@ -335,7 +329,7 @@ class Trainer:
 
     def __init__(
         self,
-        recipe: Recipe,
+        recipe: Recipe | str | os.PathLike | dict,
         data: str | os.PathLike | FaceSet,
         out: str | os.PathLike,
         device: str = "auto",

@@ -127,4 +127,21 @@ def load(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True)
     return faces
 
 
-__all__ = ["PACK_MAGIC", "cache_dir", "load", "load_csv", "report_notes", "report_skipped"]
+def faces_from(data: str | os.PathLike | FaceSet) -> tuple[FaceSet, str, Path]:
+    """``(faces, name, folder)`` of a dataset path (read with `load`) or a `FaceSet` (as it
+    is): the name messages and reports give it, and the folder a FER+ votes file named
+    without a folder is looked for beside (the working folder for a FaceSet)."""
+    if isinstance(data, FaceSet):
+        return data, data_label(data), Path(".")
+    if isinstance(data, (str, os.PathLike)):
+        return load(data), data_label(data), Path(data)
+    raise TypeError(f"data must be a dataset path or a FaceSet, not {type(data).__name__}")
+
+
+def data_label(data: str | os.PathLike | FaceSet) -> str:
+    """What messages and reports call a dataset: its path, or a FaceSet's source."""
+    return (data.source or "<FaceSet>") if isinstance(data, FaceSet) else str(data)
+
+
+__all__ = ["PACK_MAGIC", "cache_dir", "data_label", "faces_from", "load", "load_csv", "report_notes",
+           "report_skipped"]

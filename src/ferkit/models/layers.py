@@ -13,10 +13,10 @@ from torch import nn
 
 
 def check_faces(x: torch.Tensor, in_chans: int, name: str, multiple: int = 1,
-                size: int | None = None) -> None:
+                size: int | None = None, min_size: int = 1) -> None:
     """A clear error for input a model cannot take (instead of a shape mismatch deep inside
-    it): ``x`` must be N x in_chans x H x W, with H and W multiples of ``multiple``, or
-    both ``size`` when the model has a fixed input size. Models call it from ``forward``
+    it): ``x`` must be N x in_chans x H x W, with H and W multiples of ``multiple`` and at
+    least ``min_size``, or both ``size`` when the model has a fixed input size. Models call it from ``forward``
     (shapes only: no cost worth measuring; skipped while tracing, e.g. an ONNX export)."""
     if torch.jit.is_tracing():
         return
@@ -28,9 +28,11 @@ def check_faces(x: torch.Tensor, in_chans: int, name: str, multiple: int = 1,
     h, w = x.shape[2], x.shape[3]
     if size is not None and (h, w) != (size, size):
         raise ValueError(f"{name}: expected {size} x {size} faces, got {h} x {w}")
-    if h % multiple or w % multiple or h < multiple or w < multiple:
-        raise ValueError(f"{name}: expected faces whose sides are multiples of {multiple} "
-                         f"(48 x 48 as trained), got {h} x {w}")
+    if h % multiple or w % multiple or min(h, w) < max(multiple, min_size):
+        need = (f"multiples of {multiple}" if multiple > 1
+                else f"at least {min_size} pixels")
+        raise ValueError(f"{name}: expected faces whose sides are {need} (48 x 48 as "
+                         f"trained), got {h} x {w}")
 
 
 class ConvBNReLU(nn.Sequential):

@@ -106,9 +106,13 @@ class Settings:
     ``model`` / ``detector`` / ``device`` / ``backend`` build the `Recognizer` when
     `create_app` is given none (``backend="onnx"``: onnxruntime, whose session the
     workers share; it is thread-safe). ``workers``: inference threads; ``queue``: requests
-    that may wait for a worker (more are refused with 503). ``cors_origins``: origins allowed to call the API from
-    other pages (none: CORS off). ``model_name``: the name reported in answers (default:
-    the weights name or the checkpoint's file name).
+    that may wait for a worker (more are refused with 503). ``cors_origins``: origins
+    allowed to call the API from other pages (none: CORS off). ``allowed_hosts``: the host
+    names the service answers to (the request's ``Host`` header without its port; others
+    get 400 ``bad_host``: a guard against DNS rebinding, where a page of another site
+    reaches a service on localhost through a name it controls); empty or ``"*"``: any.
+    ``model_name``: the name reported in answers (default: the weights name or the
+    checkpoint's file name).
     """
 
     model: str | None = None

@@ -88,9 +88,9 @@ def add_parsers(subparsers) -> None:
         action="extend",
         default=[],
         metavar="NAME",
-        help="host names the service answers to (the Host header without its port; others "
-        "get 400), e.g. the machine's name or the proxy's public name, or * for any "
-        "(default: on a loopback --host, localhost, 127.0.0.1 and ::1 only, which stops "
+        help="host names the service answers to besides its own (the Host header without its "
+        "port; others get 400), e.g. the machine's name or the proxy's public name, or * for "
+        "any (default: on a loopback --host, localhost, 127.0.0.1 and ::1 only, which stops "
         "other sites' pages from reaching it by DNS rebinding; on another --host, any)",
     )
     p.add_argument(
@@ -122,13 +122,13 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def allowed_hosts(host: str, given: list[str]) -> tuple[str, ...]:
-    """The Host names to answer to: those given; else, on a loopback address, its own
-    names only (DNS rebinding cannot reach it); else any (empty)."""
-    if given:
-        return tuple(given)
+    """The Host names to answer to: on a loopback address its own names (DNS rebinding
+    cannot reach it) and those given; on another address those given, or any (empty)."""
+    if "*" in given:
+        return ()
     if _is_loopback(host):
-        return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
-    return ()
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, host, *given)))
+    return tuple(given)
 
 
 def _root_path(value: str) -> str:
