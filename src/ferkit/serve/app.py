@@ -441,10 +441,11 @@ def check_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-#: Formats named (not decoded) when a client sends one: common image files whose header
-#: parsers are simple; PIL's other plugins never see client bytes.
+#: Formats named (never decoded) when a client sends one: common image files, whose headers
+#: PIL reads without decoding (EPS too: Ghostscript would run only to decode); PIL's other
+#: plugins never see client bytes.
 _NAMED_FORMATS = tuple(
-    f for f in ("JPEG2000", "ICO", "PSD", "TGA", "DDS", "QOI", "PCX", "SGI", "XBM")
+    f for f in ("JPEG2000", "ICO", "PSD", "TGA", "DDS", "QOI", "PCX", "SGI", "XBM", "EPS")
     if f in Image.OPEN
 )
 
