@@ -3,9 +3,9 @@
 Inputs (`load_image`): a path or binary file object, a PIL image, or a numpy array (H x W
 gray; H x W x 3 RGB by default or BGR with ``color="bgr"``, as OpenCV gives; H x W x 4 with
 alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1; 16-bit data
-whose largest colour value fits 12, 10 or 8 bits is taken as 12-, 10- or 8-bit data). Files honour
-their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha, CMYK, ...) becomes
-8-bit gray or RGB; transparent parts are composited over white.
+whose largest colour value fits 12, 10 or 8 bits is taken as 12-, 10- or 8-bit data).
+Files honour their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha,
+CMYK, ...) becomes 8-bit gray or RGB; transparent parts are composited over white.
 
 Large images: an image whose longer side exceeds ``max_side`` (default 4096) is shrunk once
 on loading (JPEGs are decoded at reduced scale) and every later step works on that copy,
@@ -395,8 +395,9 @@ class Recognizer:
 
         ``crops``: one crop (H x W gray, 1 x H x W, or H x W x 3 / x 4 colour) or a batch:
         N x H x W gray, N x 1 x H x W, N x H x W x 3 (RGB, or BGR with ``color="bgr"``) or
-        x 4 (alpha over white), or a list of such crops; values as `predict` takes them (uint8, 16-bit, float in 0..1,
-        ...). Crops of another size than the model's (48 x 48) are resized to it.
+        x 4 (alpha over white), or a list of such crops; values as `predict` takes them
+        (uint8, 16-bit, float in 0..1, ...). Crops of another size than the model's
+        (48 x 48) are resized to it.
         """
         from .evaluate import predict_probs
 

@@ -143,5 +143,13 @@ def data_label(data: str | os.PathLike | FaceSet) -> str:
     return (data.source or "<FaceSet>") if isinstance(data, FaceSet) else str(data)
 
 
-__all__ = ["PACK_MAGIC", "cache_dir", "data_label", "faces_from", "load", "load_csv", "report_notes",
-           "report_skipped"]
+__all__ = [
+    "PACK_MAGIC",
+    "cache_dir",
+    "data_label",
+    "faces_from",
+    "load",
+    "load_csv",
+    "report_notes",
+    "report_skipped",
+]

@@ -16,8 +16,9 @@ def check_faces(x: torch.Tensor, in_chans: int, name: str, multiple: int = 1,
                 size: int | None = None, min_size: int = 1) -> None:
     """A clear error for input a model cannot take (instead of a shape mismatch deep inside
     it): ``x`` must be N x in_chans x H x W, with H and W multiples of ``multiple`` and at
-    least ``min_size``, or both ``size`` when the model has a fixed input size. Models call it from ``forward``
-    (shapes only: no cost worth measuring; skipped while tracing, e.g. an ONNX export)."""
+    least ``min_size``, or both ``size`` when the model has a fixed input size. Models call
+    it from ``forward`` (shapes only: no cost worth measuring; skipped while tracing, e.g.
+    an ONNX export)."""
     if torch.jit.is_tracing():
         return
     if x.dim() != 4 or x.shape[1] != in_chans:
