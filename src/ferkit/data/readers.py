@@ -84,22 +84,23 @@ def _other_rank() -> bool:
     return os.environ.get("RANK", "0") not in ("", "0")
 
 
-def report_skipped(faces: FaceSet, file=None) -> None:
-    """Print each row or image a ``skip_bad`` read left out (on every load, cached or not;
-    to stderr once per run, by the first process)."""
+def _report(faces: FaceSet, key: str, prefix: str, file) -> None:
+    """Print each message of ``faces.info[key]`` after ``prefix``; to stderr (the default)
+    once per run, by the first process."""
     if file is None and _other_rank():
         return
-    for message in faces.info.get("skipped", []):
-        print(f"ferkit: skipped {message}", file=file or sys.stderr)
+    for message in faces.info.get(key, []):
+        print(f"ferkit: {prefix}{message}", file=file or sys.stderr)
+
+
+def report_skipped(faces: FaceSet, file=None) -> None:
+    """Print each row or image a ``skip_bad`` read left out (on every load, cached or not)."""
+    _report(faces, "skipped", "skipped ", file)
 
 
 def report_notes(faces: FaceSet, file=None) -> None:
-    """Print the reader's one-line notes (``info["notes"]``: ignored files, class names;
-    to stderr once per run, by the first process)."""
-    if file is None and _other_rank():
-        return
-    for message in faces.info.get("notes", []):
-        print(f"ferkit: note: {message}", file=file or sys.stderr)
+    """Print the reader's one-line notes (``info["notes"]``: ignored files, class names)."""
+    _report(faces, "notes", "note: ", file)
 
 
 def load(path: str | os.PathLike, *, skip_bad: bool = False, cache: bool = True) -> FaceSet:

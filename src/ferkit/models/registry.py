@@ -68,9 +68,7 @@ def create_model(name: str, num_classes: int = 7, in_chans: int = 1, **options) 
             raise ValueError(f"model {name!r}: {key} must be a whole number >= 1, not {value!r}")
     known = model_options(name)
     unknown = sorted(set(options) - set(known))
-    takes_any = any(p.kind == p.VAR_KEYWORD
-                    for p in inspect.signature(spec.builder).parameters.values())
-    if unknown and not takes_any:
+    if unknown:
         raise ValueError(
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
             + ", ".join(f"{k} (default {v!r})" for k, v in known.items())
