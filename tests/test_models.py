@@ -354,8 +354,9 @@ def test_create_model_bad_values_name_the_option():
     assert create_model("resnet18", num_classes=np.int64(3)).fc.out_features == 3
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [m for m in MODELS if not m.startswith("test_")])
 def test_models_refuse_input_they_cannot_take_with_a_clear_error(name):
+    # (ferkit's own models: other test modules register tiny ones of their own)
     model = create_model(name).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
