@@ -1,4 +1,5 @@
-"""Writing files: never half of one for a reader, never over a folder or an input."""
+"""Writing files: never half of one for a reader, never over a folder or an input; and the
+pace of progress lines in logs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+#: Seconds between progress lines where there is no progress bar (a log file): training
+#: and video print one this often.
+PROGRESS_SECONDS = 60
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

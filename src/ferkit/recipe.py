@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from .argtypes import recipe_names, shipped_recipes
+from .argtypes import recipe_names as list_recipes  # the public name here
+from .argtypes import shipped_recipes
 from .augment import AugmentConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -243,11 +244,6 @@ class Recipe:
             raise ValueError(f"{path}: a recipe is a mapping of keys to values")
         d.setdefault("name", path.stem)
         return cls.from_dict(apply_overrides(d, overrides or []))
-
-
-def list_recipes() -> list[str]:
-    """Names of the recipes that ship with ferkit (``ferkit train --recipe NAME``)."""
-    return recipe_names()
 
 
 def recipe_path(recipe: str | Path) -> Path:

@@ -104,9 +104,10 @@ def finished_run(run: Path) -> tuple[dict, Path, dict]:
     return json.loads(summary_file.read_text()), checkpoint, read_metadata(checkpoint)
 
 
-def run_key(run: Path) -> tuple[str, str, int]:
-    """``(recipe, selection split, seed)`` of a finished run: one seed counts once per row."""
-    summary, _, meta = finished_run(run)
+def run_key(finished: tuple[dict, Path, dict]) -> tuple[str, str, int]:
+    """``(recipe, selection split, seed)`` of a finished run (`finished_run`'s answer): one
+    seed counts once per row."""
+    summary, _, meta = finished
     recipe = meta["recipe"]
     val_split = summary.get("val_split", recipe.get("val_split"))
     return recipe.get("name"), split_label(val_split), recipe.get("seed")
@@ -115,13 +116,14 @@ def run_key(run: Path) -> tuple[str, str, int]:
 def score_run(
     run: str | os.PathLike, data: str | os.PathLike, tta: str = "ten-crop",
     device: str = "auto", ferplus: str | None = None, backend: str = "torch",
-    data_md5: str | None = None,
+    data_md5: str | None = None, finished: tuple[dict, Path, dict] | None = None,
 ) -> dict:
     """One finished run's row: PrivateTest single-crop and `tta`, scored once and kept.
 
-    ``data_md5``: the dataset's md5 (`check_test_data` reads it once for a whole table)."""
+    ``data_md5``: the dataset's md5 (`check_test_data` reads it once for a whole table);
+    ``finished``: the run's `finished_run` answer, where the caller has it already."""
     run = Path(run)
-    summary, checkpoint, meta = finished_run(run)
+    summary, checkpoint, meta = finished or finished_run(run)
     recipe = Recipe.from_dict(meta["recipe"])
     # kept scores count only for these very weights and this very dataset
     fingerprint = {
@@ -339,13 +341,14 @@ def table_from_runs(
     rows, md5, seen = [], check_test_data(data), {}
     for run in runs:
         try:
-            key = run_key(Path(run))  # before scoring: a clash costs no TTA pass
+            finished = finished_run(Path(run))
+            key = run_key(finished)  # before scoring: a clash costs no TTA pass
             if key in seen:
                 print(f"ferkit reproduce: skipped {run}: recipe {key[0]} seed {key[2]} is "
                       f"already in the table from {seen[key]} (a seed counts once)",
                       file=sys.stderr)
                 continue
-            rows.append(score_run(run, data, tta, device, ferplus, backend, md5))
+            rows.append(score_run(run, data, tta, device, ferplus, backend, md5, finished))
             seen[key] = run
         except (DataError, OSError, KeyError, ValueError) as exc:
             print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from .checkpoint import read_metadata, save_checkpoint
 from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
 from .data.fer2013 import COMPRESSED_OPENERS
 from .data.readers import faces_from
-from .fileio import write_atomically
+from .fileio import PROGRESS_SECONDS, write_atomically
 from .models import create_model
 from .recipe import Recipe
 from .step import TrainStep
@@ -214,8 +214,6 @@ RESUME_FIXED_KEYS = (
     "batch_size", "seed", "ema", "dataset", "ferplus_csv", "targets", "train_splits",
     "val_split", "val_fraction",
 )
-#: Seconds between progress lines when there is no progress bar (a log file).
-PROGRESS_SECONDS = 60
 
 
 def refuse_old_run(out: Path) -> None:

@@ -25,14 +25,12 @@ import numpy as np
 
 from .data.faceset import IMAGE_EXTENSIONS
 from .faces import _import_cv2
-from .fileio import output_file
+from .fileio import PROGRESS_SECONDS, output_file
 from .predict_cli import recognizer_from_args
 from .recognize import _PALETTE, Face, Recognizer
 
 #: Frames per second written when a video does not say its own.
 DEFAULT_FPS = 25.0
-#: Seconds between progress lines when there is no progress bar (a log file).
-PROGRESS_SECONDS = 60
 _WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 _WRITER_SUFFIXES = ".mp4, .mov, .m4v or .avi"
 

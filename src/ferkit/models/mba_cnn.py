@@ -105,8 +105,6 @@ class MBACNN(nn.Module):
         if not torch.jit.is_scripting():
             # three branches of different strides meet in a sum: sides divisible by 8; one
             # branch takes any side from 8 pixels
-            if self.branches == 3:
-                check_faces(x, self.in_chans, "MBA-CNN", multiple=8)
-            else:
-                check_faces(x, self.in_chans, "MBA-CNN", min_size=8)
+            check_faces(x, self.in_chans, "MBA-CNN", multiple=8 if self.branches == 3 else 1,
+                        min_size=8)
         return self.head(self.features(x).mean(dim=(2, 3)))
