@@ -62,10 +62,16 @@ def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return votes, np.array(usage)
 
 
+def without_outliers(votes: np.ndarray) -> np.ndarray:
+    """The votes without single ones: the FER+ reference code takes a class that one
+    annotator chose for an outlier, for its majority rule and its probability targets."""
+    return np.where(votes <= 1, 0, votes)
+
+
 def drop_reasons(votes: np.ndarray) -> np.ndarray:
     """For each row, why `majority_targets` drops it (a `DROP_REASONS` entry), or "" where
     it keeps it: the majority rule itself."""
-    v = np.where(votes <= 1, 0, votes)
+    v = without_outliers(votes)
     top = v.argmax(axis=1)
     majority = v.max(axis=1) > 0.5 * v.sum(axis=1)
     n = len(FERPLUS_CLASSES)
@@ -82,7 +88,7 @@ def majority_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unknown / not-a-face, are dropped. Returns ``(labels, keep)`` (labels of dropped rows -1).
     """
     keep = drop_reasons(votes) == ""
-    top = np.where(votes <= 1, 0, votes).argmax(axis=1)
+    top = without_outliers(votes).argmax(axis=1)
     return np.where(keep, top, -1), keep
 
 
@@ -145,8 +151,7 @@ def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
     """
     votes = joined_votes(faces, votes_csv)
     labels, keep = majority_targets(votes)
-    # the reference code drops single votes (outliers) before its probability targets too
-    emotion_votes = np.where(votes <= 1, 0, votes)[:, : len(FERPLUS_CLASSES)]
+    emotion_votes = without_outliers(votes)[:, : len(FERPLUS_CLASSES)]
     soft = emotion_votes / np.maximum(emotion_votes.sum(axis=1, keepdims=True), 1)
     out = faces.select(keep)
     out.labels = labels[keep]
