@@ -414,3 +414,15 @@ def test_torch_compile_matches_eager(x):
     assert got.shape == (2, 7)
     assert_input_dependent(expected)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mba_cnn", "mba_cnn_1branch", "mba_cnn_conv", "mba_cnn_no_cbam",
+                                  "resnet18", "vgg_fer", "vulpe_cnn"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch >= 2.10 deprecates jit.script
+def test_models_can_be_scripted(name):
+    """torch.jit.script compiles every model (the one-branch ablation once lacked branch1)."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(model)(x), model(x), atol=1e-5)

@@ -66,6 +66,8 @@ class MBACNN(nn.Module):
                 self.branch2 = ConvBNReLU(256, 512, kernel_size=1, stride=2)
             else:
                 self.branch2 = conv(256, 512, stride=2)
+        else:  # unused; present (without weights) so that torch.jit.script compiles forward
+            self.branch1 = self.branch2 = nn.Identity()
         self.fuse = nn.Sequential(conv(512, 1024), conv(1024, 1024))
         self.head = nn.Sequential(
             nn.Dropout(dropout),
