@@ -193,3 +193,32 @@ def test_serve_load_says_when_the_service_is_not_ferkit(capsys):
         server.server_close()
     assert message == f"error: {url}/v1/health answered 404, not as ferkit serve does; " \
         "is it a ferkit service?"
+
+
+# ---- low_contrast.py ----
+
+
+def test_low_contrast_changes_and_table(checkpoint, make_images, write_csv, capsys, ferkit_cache):
+    bench = load_benchmark("low_contrast")
+    images = make_images(12)  # noise: pixel std about 74, far above the lift's 25
+    labels = np.arange(12) % 7
+    dark = bench.changed(images, "dark x 0.1")
+    assert np.array_equal(dark, np.rint(images * np.float32(0.1)).astype(np.uint8))
+    assert np.array_equal(bench.changed(images, "as recorded"), images)
+    assert bench.changed(images, "bright x 2").max() == 255  # clipped, not wrapped
+
+    rows = [[int(y), img, "PublicTest"] for y, img in zip(labels, images, strict=True)]
+    rows += [[0, images[0], "Training"]]
+    data = write_csv(Path(ferkit_cache) / "tiny.csv", "emotion,pixels,Usage", rows)
+    assert "no split ['Nope']" in refused(
+        bench.main, ["--data", str(data), "--model", str(checkpoint), "--split", "Nope"], capsys)
+    bench.main(["--data", str(data), "--model", str(checkpoint), "--limit", "10"])
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    assert "PublicTest, 10 faces" in out and len(table) == len(bench.CHANGES)
+    cells = {r.split(" | ")[0][2:]: r.strip("| ").split(" | ")[1:] for r in table}
+    # nothing lifted: both modes score the same faces alike; all lifted at a tenth of the light
+    assert cells["dark x 0.1"][2] == "100 %" and cells["as recorded"][2] == "0 %"
+    for change, (auto, plain, lifted) in cells.items():
+        if lifted == "0 %":
+            assert auto == plain, change

@@ -28,7 +28,16 @@ from ferkit.faces import (
 )
 from ferkit.models import create_model
 from ferkit.predict_cli import add_parsers
-from ferkit.recognize import Face, ImageError, Recognizer, load_image
+from ferkit.recognize import (
+    TYPICAL_MEAN,
+    TYPICAL_STD,
+    Face,
+    ImageError,
+    Recognizer,
+    as_face_crops,
+    lift_contrast,
+    load_image,
+)
 from ferkit.weights import available_weights, load_model
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -483,6 +492,52 @@ def test_shipped_default_weights():
     rec = Recognizer(device="cpu")
     faces = rec.predict(samples.path("astronaut"))
     assert len(faces) == 1 and faces[0].label == "happy"
+
+
+@pytest.mark.skipif(not available_weights(), reason="no shipped weights in src/ferkit/weights/ yet")
+def test_a_dark_photo_is_recognised_as_the_bright_one(astronaut):
+    """The sample at a tenth of its brightness: the face's contrast is lifted to the
+    training faces' before it is scored (without it the model calls the smile angry)."""
+    dark = (astronaut * 0.1).astype(np.uint8)
+    rec = Recognizer(device="cpu")
+    (bright,) = rec.predict(astronaut)
+    (face,) = rec.predict(dark)
+    assert face.label == bright.label == "happy" and face.confidence > 0.6
+    crop = as_face_crops(dark[100:200, 200:300])
+    plain = Recognizer(device="cpu", auto_contrast=False)
+    assert np.array_equal(plain.prepare(crop), crop)
+    assert not np.array_equal(rec.prepare(crop), crop)
+    assert np.allclose(rec.classify(crop), plain.classify(lift_contrast(crop)), atol=1e-6)
+
+
+def test_lift_contrast_leaves_normal_faces_alone_and_lifts_low_ones():
+    rng = np.random.default_rng(0)
+    normal = rng.integers(0, 256, (3, 48, 48), dtype=np.uint8)  # std about 74
+    faces = np.concatenate([normal, (normal[:1] * 0.1).astype(np.uint8),
+                            np.full((1, 48, 48), 7, np.uint8)])
+    out = lift_contrast(faces)
+    assert out.dtype == np.uint8 and out.shape == faces.shape
+    assert np.array_equal(out[:3], normal)
+    lifted = out[3].astype(np.float64)
+    assert lifted.mean() == pytest.approx(TYPICAL_MEAN, abs=1.5)
+    assert lifted.std() == pytest.approx(TYPICAL_STD, abs=1.5)
+    order = np.argsort(faces[3].ravel(), kind="stable")  # brighter stays brighter
+    assert np.all(np.diff(lifted.ravel()[order]) >= 0)
+    assert np.all(out[4] == round(TYPICAL_MEAN))  # a flat face: no NaN, mid gray
+    assert lift_contrast(np.zeros((0, 48, 48), np.uint8)).shape == (0, 48, 48)
+    with pytest.raises(ValueError, match="uint8 N x H x W"):
+        lift_contrast(faces.astype(np.float32))
+
+
+def test_no_auto_contrast_option_reaches_the_recognizer(checkpoint):
+    from ferkit.predict_cli import recognizer_from_args
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_parsers(sub)
+    for flags, expected in (([], True), (["--no-auto-contrast"], False)):
+        args = parser.parse_args(["predict", "x.jpg", "--model", str(checkpoint), *flags])
+        assert recognizer_from_args(args).auto_contrast is expected
 
 
 @pytest.mark.skipif(

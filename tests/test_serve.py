@@ -620,6 +620,7 @@ def test_models(client):
     assert model["preprocessing"] == {"size": 48, "gray": True, "mean": 0.5, "std": 0.25}
     assert model["detector"] == "blazeface"
     assert (model["backend"], model["device"]) == ("torch", "cpu")
+    assert model["auto_contrast"] is True
 
 
 def test_openapi_docs(client):
@@ -787,9 +788,12 @@ def test_host_check_answers_only_to_the_allowed_names(recognizer):
 
 
 def test_model_name_defaults_to_the_checkpoint_name(checkpoint):
-    app = create_app(settings=Settings(model=str(checkpoint) + ".safetensors", device="cpu"))
+    app = create_app(settings=Settings(model=str(checkpoint) + ".safetensors", device="cpu",
+                                       auto_contrast=False))
     with TestClient(app) as c:
         assert c.get("/v1/health").json()["model"] == "random"
+        assert c.get("/v1/models").json()["models"][0]["auto_contrast"] is False
+    assert app.state.recognizer.auto_contrast is False
 
 
 def test_onnx_backend_serves_the_torch_scores(checkpoint, ferkit_cache, photo):

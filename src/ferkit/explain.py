@@ -342,7 +342,7 @@ def explain(
     found = sorted(rec.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
     if not found:
         return []
-    crops = np.stack(
+    crops = rec.prepare(np.stack(  # the faces as the model sees them (contrast lifted)
         [
             crop_face(
                 loaded.pixels,
@@ -353,8 +353,8 @@ def explain(
             )
             for d in found
         ]
-    )
-    tta_probs = rec.classify(crops) if rec.tta != "none" else None
+    ))
+    tta_probs = rec._probs(crops) if rec.tta != "none" else None
     return _explanations(
         rec.model,
         crops,

@@ -104,6 +104,13 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
         help="CPU threads for the classifier (default: torch's, one per core; on a busy "
         "machine 1 is often faster)",
     )
+    parser.add_argument(
+        "--no-auto-contrast",
+        dest="auto_contrast",
+        action="store_false",
+        help="classify dark, washed-out or flat faces as they are (default: a face of less "
+        "contrast than nearly all training faces is rescaled to their typical contrast first)",
+    )
     if backend:
         parser.add_argument(
             "--backend",
@@ -140,6 +147,7 @@ def recognizer_from_args(args: argparse.Namespace):
     return Recognizer(
         model=args.model, detector=detector_from_args(args), device=args.device,
         backend=getattr(args, "backend", "torch"),  # `explain` has no --backend
+        auto_contrast=args.auto_contrast,
     )
 
 

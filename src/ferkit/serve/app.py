@@ -112,7 +112,8 @@ class Settings:
     get 400 ``bad_host``: a guard against DNS rebinding, where a page of another site
     reaches a service on localhost through a name it controls); empty or ``"*"``: any.
     ``model_name``: the name reported in answers (default: the weights name or the
-    checkpoint's file name).
+    checkpoint's file name). ``auto_contrast``: as `Recognizer`'s (low-contrast faces
+    rescaled to the training faces' typical contrast).
     """
 
     model: str | None = None
@@ -127,6 +128,7 @@ class Settings:
     allowed_hosts: Sequence[str] = field(default_factory=tuple)
     retry_after_s: int = 1
     model_name: str | None = None
+    auto_contrast: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -560,6 +562,10 @@ class ModelOut(BaseModel):
     detector: str | None = Field(description="the face detector (`ferkit serve --detector`)")
     backend: str | None = Field(description="'torch' (PyTorch) or 'onnx' (onnxruntime)")
     device: str | None = Field(description="where the model runs, e.g. 'cpu' or 'cuda'")
+    auto_contrast: bool | None = Field(
+        None, description="whether faces of very low contrast (dark, washed-out) are "
+        "rescaled to the training faces' typical contrast before scoring"
+    )
     default: bool
 
 
@@ -787,6 +793,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
             detector=settings.detector,
             device=settings.device,
             backend=settings.backend,
+            auto_contrast=settings.auto_contrast,
         )
     _allow_pixels(settings.max_pixels)
     meta = dict(getattr(recognizer, "meta", {}) or {})
@@ -802,6 +809,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
         "detector": detector,
         "backend": getattr(recognizer, "backend", None),
         "device": None if device is None else str(device),
+        "auto_contrast": getattr(recognizer, "auto_contrast", None),
         "default": True,
     }
     pool = InferencePool(_worker_recognizers(recognizer, settings.workers), settings.queue)

@@ -202,6 +202,7 @@ def run_serve(args: argparse.Namespace) -> int:
             detector=detector_from_args(args),
             device=args.device,
             backend=args.backend,
+            auto_contrast=args.auto_contrast,
             workers=args.workers,
             queue=args.queue,
             max_upload_bytes=int(args.max_upload_mb * MB),

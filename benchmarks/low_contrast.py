@@ -1,0 +1,102 @@
+"""Accuracy on dark, washed-out and low-contrast faces, with and without auto-contrast.
+
+Each face of a dataset split (no detection: the dataset's crops) is changed photometrically
+(darkened, contrast reduced, washed out, gamma, brightened) and classified by `Recognizer`
+with ``auto_contrast`` on (the default: a face of less contrast than 99 % of FER2013's
+training faces is rescaled to their typical contrast, `ferkit.recognize.lift_contrast`) and
+off (the faces as they are, as ``ferkit eval`` scores them). Prints a Markdown table:
+accuracy in % per change and mode, and the share of faces auto-contrast lifted.
+
+    PYTHONPATH=src python benchmarks/low_contrast.py --data fer2013.csv.gz
+        [--split PublicTest] [--model NAME|PATH] [--backend onnx] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ferkit.argtypes import BACKENDS, whole_number
+from ferkit.recognize import LOW_CONTRAST_STD, Recognizer
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    return x.mean((1, 2), keepdims=True)
+
+
+CHANGES = {
+    "as recorded": lambda x: x,
+    "dark x 0.3": lambda x: x * 0.3,
+    "dark x 0.1": lambda x: x * 0.1,
+    "contrast x 0.3": lambda x: _mean(x) + (x - _mean(x)) * 0.3,
+    "contrast x 0.15": lambda x: _mean(x) + (x - _mean(x)) * 0.15,
+    "washed out x 0.3": lambda x: 255 - (255 - x) * 0.3,
+    "gamma 2.5 (dark)": lambda x: 255 * (x / 255) ** 2.5,
+    "bright x 2": lambda x: x * 2,
+}
+
+
+def changed(images: np.ndarray, change: str) -> np.ndarray:
+    """uint8 faces after the named photometric change (rounded and clipped to 0..255)."""
+    x = images.astype(np.float32)
+    return np.clip(np.rint(CHANGES[change](x)), 0, 255).astype(np.uint8)
+
+
+def accuracy_table(recognizers: dict[str, Recognizer], images: np.ndarray,
+                   labels: np.ndarray, changes=tuple(CHANGES)) -> list[dict]:
+    """One row per change: accuracy (%) per recognizer and the share (%) of faces lifted."""
+    rows = []
+    for change in changes:
+        faces = changed(images, change)
+        std = faces.reshape(len(faces), -1).astype(np.float32).std(1)
+        row = {"change": change, "lifted": float((std < LOW_CONTRAST_STD).mean() * 100)}
+        for name, rec in recognizers.items():
+            probs = rec.classify(faces)
+            row[name] = float((probs.argmax(1) == labels).mean() * 100)
+        rows.append(row)
+        print(f"  {change}: " + ", ".join(f"{k} {row[k]:.2f}" for k in recognizers),
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="a dataset any ferkit reader takes")
+    ap.add_argument("--split", default="PublicTest", help="split to score (default PublicTest)")
+    ap.add_argument("--model", default=None, help="weights name or checkpoint (default: shipped)")
+    ap.add_argument("--backend", choices=BACKENDS, default="torch")
+    ap.add_argument("--limit", type=whole_number(1), default=None, metavar="N",
+                    help="score the first N faces only")
+    args = ap.parse_args(argv)
+
+    from ferkit.data import DataError
+    from ferkit.evaluate import load_eval_data
+
+    t0 = time.perf_counter()
+    recognizers = {
+        "auto-contrast": Recognizer(args.model, detector="none", backend=args.backend),
+    }
+    recognizers["as is"] = Recognizer(args.model, detector="none", backend=args.backend,
+                                      auto_contrast=False)
+    try:
+        faces = load_eval_data(recognizers["as is"].meta, args.data)
+        faces = faces.subset(args.split)
+    except (DataError, OSError, ValueError) as exc:
+        ap.error(str(exc))
+    images, labels = faces.images[: args.limit], faces.labels[: args.limit]
+    rows = accuracy_table(recognizers, images, labels)
+    print(f"\n{args.split}, {len(images)} faces, model {args.model or 'default'}, backend "
+          f"{args.backend}; accuracy %:\n")
+    print("| change | auto-contrast | as is | faces lifted |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['change']} | {r['auto-contrast']:.2f} | {r['as is']:.2f} | "
+              f"{r['lifted']:.0f} % |")
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
