@@ -14,6 +14,7 @@ from ferkit.augment import (
     mix_batch,
     normalize,
     random_erasing,
+    random_photometric,
     sample_affine,
     tta_views,
 )
@@ -86,6 +87,42 @@ def test_everything_off_is_plain_normalisation():
     # the identity warp (taken when an option is "on" at its neutral value) changes nothing
     theta = sample_affine(4, cfg, gen(0), "cpu")
     assert torch.allclose(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(4, 2, 3))
+
+
+def test_photometric_changes_are_per_image_monotone_and_keep_the_stream_when_off():
+    x = random_images(64)
+    base = AugmentConfig(**OFF)
+    # off: no random numbers drawn, so a recipe without them augments exactly as before
+    g = gen(5)
+    assert torch.equal(augment_batch(x, base, g), normalize(x))
+    assert torch.equal(g.get_state(), gen(5).get_state())
+    x01 = x.float().div(255).unsqueeze(1)
+    for key, value in (("brightness", 0.5), ("contrast", 0.5), ("gamma", 0.7)):
+        cfg = AugmentConfig(**{**OFF, key: value})
+        assert cfg.photometric and not cfg.geometric
+        out = random_photometric(x01, cfg, gen(7))
+        assert out.shape == x01.shape and 0 <= out.min() and out.max() <= 1
+        assert torch.equal(out, random_photometric(x01, cfg, gen(7)))
+        # one draw per image: brighter pixels stay at least as bright (gamma and positive
+        # factors keep the order), and images differ in how they changed
+        order = x01.flatten(1).argsort(dim=1)
+        assert (out.flatten(1).gather(1, order).diff(dim=1) >= -1e-6).all(), key
+        change = (out - x01).flatten(1).abs().mean(1)
+        assert change.std() > 1e-3, key
+        torch.testing.assert_close(augment_batch(x, cfg, gen(7)), normalize(out[:, 0] * 255))
+    # the documented ranges: contrast x 1.5 at most around the mean, then clipped
+    cfg = AugmentConfig(**{**OFF, "contrast": 0.5})
+    flat = torch.full((8, 1, 4, 4), 0.5)
+    flat[:, :, 0, 0] = 0.7
+    out = random_photometric(flat, cfg, gen(1))
+    spread = out[:, 0, 0, 0] - out[:, 0, 1, 1]
+    assert ((spread >= 0.1 - 1e-5) & (spread <= 0.3 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("key, value", [("brightness", 1.5), ("contrast", -0.1), ("gamma", -1)])
+def test_photometric_ranges_are_checked(key, value):
+    with pytest.raises(ValueError, match=f"augment.{key}"):
+        Recipe.from_yaml(RECIPES / "paper.yaml", [f"augment.{key}={value}"])
 
 
 def test_hflip_one_mirrors_the_image():

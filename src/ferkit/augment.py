@@ -28,10 +28,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AugmentConfig:
-    """Random geometric and erasing augmentation (defaults: the paper's Keras-style set).
+    """Random geometric, photometric and erasing augmentation (defaults: the paper's
+    Keras-style set; photometric changes off).
 
     Angles in degrees; ``scale`` a zoom range; ``translate`` and ``shear`` fractions of the
-    image size / shear slope; probabilities in 0..1.
+    image size / shear slope; probabilities in 0..1. Photometric, per image, in this order:
+    ``gamma`` g raises the 0..1 pixels to exp(U(-g, g)); ``contrast`` c scales them around
+    the image's mean by 1 + U(-c, c); ``brightness`` b multiplies them by 1 + U(-b, b);
+    then clipped to 0..1 (c and b in 0..1).
     """
 
     hflip: float = 0.5
@@ -44,6 +48,9 @@ class AugmentConfig:
     erasing_area: tuple[float, float] = (0.02, 0.2)
     mixup: float = 0.0  # Beta(alpha, alpha) mixing; 0 disables
     cutmix: float = 0.0  # Beta(alpha, alpha) box mixing; 0 disables
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> AugmentConfig:
@@ -69,6 +76,10 @@ class AugmentConfig:
         return asdict(self)
 
     @property
+    def photometric(self) -> bool:
+        return bool(self.brightness or self.contrast or self.gamma)
+
+    @property
     def geometric(self) -> bool:
         return bool(
             self.hflip or self.vflip or self.rotation or self.shear or self.translate
@@ -78,6 +89,21 @@ class AugmentConfig:
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+
+
+def random_photometric(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random gamma, contrast and brightness per image of a float N x 1 x H x W batch in
+    0..1, clipped to 0..1; each change draws its numbers only when it is on, so a recipe
+    without them keeps its random stream."""
+    n, dev = len(x), x.device
+    if cfg.gamma > 0:
+        x = x.clamp_min(0) ** torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, gen, dev)).view(n, 1, 1, 1)
+    if cfg.contrast > 0:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = mean + (x - mean) * (1 + _uniform(n, -cfg.contrast, cfg.contrast, gen, dev)).view(n, 1, 1, 1)
+    if cfg.brightness > 0:
+        x = x * (1 + _uniform(n, -cfg.brightness, cfg.brightness, gen, dev)).view(n, 1, 1, 1)
+    return x.clamp(0, 1)
 
 
 def sample_affine(n: int, cfg: AugmentConfig, gen: torch.Generator, device) -> torch.Tensor:
@@ -131,7 +157,11 @@ def augment_batch(
     images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
 ) -> torch.Tensor:
     """uint8 N x 48 x 48 on any device -> augmented, normalised float N x 1 x 48 x 48."""
-    x = normalize(images)
+    if cfg.photometric:
+        x01 = images.float().div(255)
+        x = normalize(random_photometric(x01 if x01.dim() == 4 else x01.unsqueeze(1), cfg, gen) * 255)
+    else:
+        x = normalize(images)
     if cfg.geometric:
         theta = sample_affine(len(x), cfg, gen, x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)

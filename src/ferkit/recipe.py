@@ -281,6 +281,9 @@ def check_augment(cfg: AugmentConfig) -> AugmentConfig:
     for key in AUGMENT_MAGNITUDES:
         need(key, 0 <= getattr(cfg, key) < math.inf, "a finite number >= 0")
     need("translate", cfg.translate <= 1, "a fraction of the image size in [0, 1]")
+    for key in ("brightness", "contrast"):
+        need(key, 0 <= getattr(cfg, key) <= 1, "a fraction in [0, 1]")
+    need("gamma", 0 <= cfg.gamma < math.inf, "a finite number >= 0")
     need("scale", 0 < cfg.scale[0] <= cfg.scale[1] < math.inf,
          "a zoom range [low, high] with 0 < low <= high")
     need("erasing_area", 0 < cfg.erasing_area[0] <= cfg.erasing_area[1] <= 1,

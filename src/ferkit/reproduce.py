@@ -54,6 +54,8 @@ def describe_augment(recipe: Recipe) -> str:
     parts = []
     if cfg.geometric:
         parts.append("flip/affine")
+    if cfg.photometric:
+        parts.append("photometric")
     if cfg.erasing:
         parts.append(f"erasing {cfg.erasing:g}")
     if cfg.mixup:

@@ -193,7 +193,7 @@ class TrainStep:
         if self.replays_checked:
             return
         self.replays_checked = True
-        uses_generator = self.cfg.geometric or self.cfg.erasing > 0
+        uses_generator = self.cfg.geometric or self.cfg.photometric or self.cfg.erasing > 0
         if uses_generator and before is not None and generator_offset(self.gen) == before:
             # a replay that draws the same random numbers every time would augment every
             # batch alike: this one step is harmless, the rest of the run is not
