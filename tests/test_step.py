@@ -71,6 +71,7 @@ def operators_of_a_step(step: TrainStep, batch: int = 8) -> set[str]:
     [
         (AugmentConfig(erasing=0.5), False),  # the paper's set plus random erasing
         (AugmentConfig(vflip=0.5, rotation=0.0), True),  # FER+ soft targets
+        (AugmentConfig(gamma=0.3, contrast=0.4, brightness=0.4), False),  # photometric too
     ],
 )
 def test_the_step_never_waits_for_the_host(augment, soft):
