@@ -864,6 +864,39 @@ def test_resume_refuses_another_model_optimizer_or_data(pack, env, tmp_path, cap
     assert json.loads((out / "recipe.json").read_text())["lr"] == 0.005
 
 
+def test_resume_without_recipe_continues_the_runs_own_recipe(pack, tmp_path, capsys):
+    """The README's two commands: a run trained with --set keys, then --resume that only
+    lengthens it (earlier --set keys need not be given again)."""
+    from ferkit.cli import main
+    from ferkit.train import run_recipe
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", epochs=4)
+    out = tmp_path / "run"
+    common = ["--data", str(pack), "--out", str(out), "--device", "cpu"]
+    assert main(["train", "--recipe", str(recipe), *common, "--set", "epochs=1",
+                 "batch_size=10"]) == 0
+    capsys.readouterr()
+    # the file without the first --set keys: batch_size differs, and the error says what to do
+    assert main(["train", "--recipe", str(recipe), *common, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size 10 -> 20" in err and "leave out --recipe" in err
+    assert run_recipe(out, ["epochs=2"]).batch_size == 10
+    assert main(["train", *common, "--resume", "--set", "epochs=2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs_done"] == 2 and summary["epochs_planned"] == 2
+    assert json.loads((out / "recipe.json").read_text())["batch_size"] == 10
+    # from Python: recipe None resumes with the run's own recipe (its length as saved)
+    assert fit(None, pack, out, device="cpu", resume=True, progress=False)["epochs_done"] == 2
+    # no recipe and nothing to resume: clear errors
+    assert main(["train", "--data", str(pack), "--out", str(tmp_path / "new"),
+                 "--device", "cpu"]) == 2
+    assert "--recipe is needed" in capsys.readouterr().err
+    assert main(["train", "--data", str(pack), "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a recipe is needed"):
+        fit(None, pack, tmp_path / "new", device="cpu", progress=False)
+
+
 def test_val_fraction_holds_out_a_stratified_part(env, tmp_path):
     from ferkit.train import hold_out
 

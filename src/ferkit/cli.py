@@ -9,9 +9,15 @@ import sys
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .recipe import Recipe
-    from .train import fit
+    from .train import fit, run_recipe
 
-    recipe = Recipe.from_yaml(args.recipe, args.set)
+    if args.recipe is not None:
+        recipe = Recipe.from_yaml(args.recipe, args.set)
+    elif args.resume:
+        recipe = run_recipe(args.out, args.set)  # the run's own, with --set on top
+    else:
+        raise ValueError("--recipe is needed to train (only --resume continues the run in "
+                         "--out with its own recipe)")
     summary = fit(
         recipe, args.data, args.out, device=args.device, resume=args.resume,
         max_minutes=args.max_minutes, init_from=args.init_from,
@@ -114,16 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a recipe")
-    t.add_argument("--recipe", required=True,
+    t.add_argument("--recipe", default=None,
                    help="a recipe that ships with ferkit by name ("
                    + ", ".join(recipe_names())
-                   + ") or the path of a YAML recipe")
+                   + ") or the path of a YAML recipe (with --resume: default the run's own, "
+                   "with --set on top)")
     t.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     t.add_argument("--out", required=True, help="run folder for checkpoints and logs")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override recipe keys, e.g. epochs=1 batch_size=128 augment.erasing=0.5")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly (its own recipe unless --recipe "
+                   "is given; --set epochs=N lengthens it)")
     t.add_argument("--max-minutes", type=number(0, open_low=True), default=None,
                    help="stop cleanly (with a checkpoint) before an epoch that would not fit")
     t.add_argument("--init-from", default=None, metavar="MODEL",

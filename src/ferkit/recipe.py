@@ -226,15 +226,7 @@ class Recipe:
         `list_recipes`), with overrides: ``KEY=VALUE`` strings as ``--set`` takes them
         (``["epochs=1", "augment.erasing=0.5"]``, or one such string), or a dict of keys
         (``{"epochs": 1, "augment.erasing": 0.5}``)."""
-        if isinstance(overrides, str):
-            overrides = [overrides]
-        elif isinstance(overrides, dict):
-            overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-        elif overrides is not None and not (
-            isinstance(overrides, (list, tuple)) and all(isinstance(o, str) for o in overrides)
-        ):
-            raise TypeError("overrides must be KEY=VALUE strings (a list, or one string) or a "
-                            f"dict of recipe keys, not {overrides!r}")
+        overrides = as_overrides(overrides)
         path = recipe_path(path)
         try:
             d = yaml.safe_load(path.read_text()) or {}
@@ -243,7 +235,22 @@ class Recipe:
         if not isinstance(d, dict):
             raise ValueError(f"{path}: a recipe is a mapping of keys to values")
         d.setdefault("name", path.stem)
-        return cls.from_dict(apply_overrides(d, overrides or []))
+        return cls.from_dict(apply_overrides(d, overrides))
+
+
+def as_overrides(overrides: list[str] | str | dict | None) -> list[str]:
+    """``KEY=VALUE`` strings from overrides as `Recipe.from_yaml` takes them: such strings
+    (a list, or one string), a dict of keys, or None."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, dict):
+        return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    if isinstance(overrides, (list, tuple)) and all(isinstance(o, str) for o in overrides):
+        return list(overrides)
+    raise TypeError("overrides must be KEY=VALUE strings (a list, or one string) or a "
+                    f"dict of recipe keys, not {overrides!r}")
 
 
 def recipe_path(recipe: str | Path) -> Path:

@@ -33,7 +33,7 @@ from .data.fer2013 import COMPRESSED_OPENERS
 from .data.readers import faces_from
 from .fileio import PROGRESS_SECONDS, write_atomically
 from .models import create_model
-from .recipe import Recipe
+from .recipe import Recipe, apply_overrides, as_overrides
 from .step import TrainStep
 from .weights import load_model
 
@@ -241,6 +241,20 @@ def saved_run(out: Path) -> dict:
             return {}
 
 
+def run_recipe(out: str | os.PathLike, overrides: list[str] | str | dict | None = None) -> Recipe:
+    """The recipe the run in ``out`` trains (as last saved), with ``overrides`` (as
+    ``--set`` takes them, e.g. ``["epochs=400"]``) on top: what ``--resume`` without
+    ``--recipe`` continues."""
+    out = Path(out)
+    if not (out / "last.state.pt").exists():
+        raise FileNotFoundError(f"{out}: nothing to resume (no last.state.pt there)")
+    saved = saved_run(out).get("recipe")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out}: cannot resume: neither last.json nor recipe.json says which "
+                         "recipe the saved run trained; give it with --recipe")
+    return Recipe.from_dict(apply_overrides(saved, as_overrides(overrides)))
+
+
 def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
     """``{key: (saved value, value now)}`` for each recipe key that differs."""
     try:  # the saved recipe with today's defaults filled in, as the one given now
@@ -336,6 +350,11 @@ class Trainer:
         init_from: str | None = None,
         progress: bool | None = None,
     ):
+        if recipe is None:
+            if not resume:
+                raise ValueError("a recipe is needed to train (None only resumes the run in "
+                                 "out, with its own recipe)")
+            recipe = run_recipe(out)
         self.recipe = recipe = as_recipe(recipe)
         self.out = Path(out)
         if max_minutes is not None and not 0 < max_minutes < math.inf:
@@ -530,9 +549,9 @@ class Trainer:
         if fixed:
             raise ValueError(
                 f"{self.out}: cannot resume: the saved run differs in {describe_changes(fixed)} "
-                f"(saved -> now): resume with the run's own recipe ({self.out / 'recipe.json'}; "
-                f"only {', '.join(LENGTH_KEYS)} and keys that leave the saved state as it is "
-                "may change), or train into another --out"
+                f"(saved -> now): resume with the run's own recipe (leave out --recipe, and "
+                f"--set only what changes: {', '.join(LENGTH_KEYS)} or keys that leave the "
+                "saved state as it is), or train into another --out"
             )
         other = {k: v for k, v in changes.items() if k not in LENGTH_KEYS}
         if other:
@@ -796,7 +815,7 @@ def as_recipe(recipe: Recipe | str | os.PathLike | dict) -> Recipe:
 
 
 def fit(
-    recipe: Recipe | str | os.PathLike | dict,
+    recipe: Recipe | str | os.PathLike | dict | None,
     data: str | os.PathLike | FaceSet,
     out: str | os.PathLike,
     device: str = "auto",
@@ -809,7 +828,8 @@ def fit(
     summary (also in ``out/summary.json``; per-epoch metrics are in ``out/metrics.jsonl``).
 
     ``recipe``: a `Recipe`, a shipped recipe's name (``"paper"``), a YAML file, or a dict of
-    recipe keys. ``data``: a dataset path (any layout `ferkit.data.load` reads) or a
+    recipe keys; None with ``resume=True``: the run's own recipe (`run_recipe`; pass
+    ``run_recipe(out, ["epochs=400"])`` to lengthen it). ``data``: a dataset path (any layout `ferkit.data.load` reads) or a
     `FaceSet` (e.g. built from numpy arrays). The rest as the ``ferkit train`` options of the
     same names (``init_from``: weights to fine-tune from, as ``--init-from``).
     """
