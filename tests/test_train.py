@@ -882,7 +882,9 @@ def test_resume_without_recipe_continues_the_runs_own_recipe(pack, tmp_path, cap
     assert "batch_size 10 -> 20" in err and "leave out --recipe" in err
     assert run_recipe(out, ["epochs=2"]).batch_size == 10
     assert main(["train", *common, "--resume", "--set", "epochs=2"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "with a new length: epochs 1 -> 2" in captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["epochs_done"] == 2 and summary["epochs_planned"] == 2
     assert json.loads((out / "recipe.json").read_text())["batch_size"] == 10
     # from Python: recipe None resumes with the run's own recipe (its length as saved)

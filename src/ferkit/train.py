@@ -553,6 +553,9 @@ class Trainer:
                 f"--set only what changes: {', '.join(LENGTH_KEYS)} or keys that leave the "
                 "saved state as it is), or train into another --out"
             )
+        length = {k: v for k, v in changes.items() if k in LENGTH_KEYS}
+        if length:
+            self._note(f"resuming {self.out} with a new length: {describe_changes(length)}")
         other = {k: v for k, v in changes.items() if k not in LENGTH_KEYS}
         if other:
             self._note(f"resuming {self.out} with changed recipe keys: "
