@@ -529,15 +529,21 @@ def test_lift_contrast_leaves_normal_faces_alone_and_lifts_low_ones():
         lift_contrast(faces.astype(np.float32))
 
 
-def test_no_auto_contrast_option_reaches_the_recognizer(checkpoint):
+def test_auto_contrast_and_tta_options_reach_the_recognizer(checkpoint, capsys):
     from ferkit.predict_cli import recognizer_from_args
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     add_parsers(sub)
-    for flags, expected in (([], True), (["--no-auto-contrast"], False)):
+    cases = (([], True, "none"), (["--no-auto-contrast", "--tta", "flip"], False, "flip"),
+             (["--tta", "ten-crop"], True, "ten-crop"))
+    for flags, contrast, tta in cases:
         args = parser.parse_args(["predict", "x.jpg", "--model", str(checkpoint), *flags])
-        assert recognizer_from_args(args).auto_contrast is expected
+        rec = recognizer_from_args(args)
+        assert (rec.auto_contrast, rec.tta) == (contrast, tta)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "x.jpg", "--tta", "five-crop"])
+    assert "invalid choice: 'five-crop'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(

@@ -620,7 +620,7 @@ def test_models(client):
     assert model["preprocessing"] == {"size": 48, "gray": True, "mean": 0.5, "std": 0.25}
     assert model["detector"] == "blazeface"
     assert (model["backend"], model["device"]) == ("torch", "cpu")
-    assert model["auto_contrast"] is True
+    assert model["auto_contrast"] is True and model["tta"] == "none"
 
 
 def test_openapi_docs(client):
@@ -789,11 +789,14 @@ def test_host_check_answers_only_to_the_allowed_names(recognizer):
 
 def test_model_name_defaults_to_the_checkpoint_name(checkpoint):
     app = create_app(settings=Settings(model=str(checkpoint) + ".safetensors", device="cpu",
-                                       auto_contrast=False))
+                                       auto_contrast=False, tta="flip"))
     with TestClient(app) as c:
         assert c.get("/v1/health").json()["model"] == "random"
-        assert c.get("/v1/models").json()["models"][0]["auto_contrast"] is False
-    assert app.state.recognizer.auto_contrast is False
+        model = c.get("/v1/models").json()["models"][0]
+        assert (model["auto_contrast"], model["tta"]) == (False, "flip")
+    assert (app.state.recognizer.auto_contrast, app.state.recognizer.tta) == (False, "flip")
+    with pytest.raises(ValueError, match="tta must be one of none, flip, ten-crop"):
+        Settings(tta="five-crop")
 
 
 def test_onnx_backend_serves_the_torch_scores(checkpoint, ferkit_cache, photo):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 #: The classifier runtimes every ``--backend`` offers: PyTorch, or onnxruntime on the CPU.
 BACKENDS = ("torch", "onnx")
+#: Test-time views (`ferkit.augment.tta_views`): the face; it and its mirror; ten crops.
+TTA_MODES = ("none", "flip", "ten-crop")
 
 
 def shipped_recipes() -> Path:

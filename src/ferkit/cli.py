@@ -113,7 +113,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .argtypes import BACKENDS, number, recipe_names
+    from .argtypes import BACKENDS, TTA_MODES, number, recipe_names
 
     p = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition.")
     p.add_argument("--version", action="version", version=f"ferkit {__version__}")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "without suffix) or a run folder (its best checkpoint)")
     e.add_argument("--data", required=True, help="dataset path (any layout FaceSet.load reads)")
     e.add_argument("--split", default="PrivateTest")
-    e.add_argument("--tta", default="none", choices=["none", "flip", "ten-crop"])
+    e.add_argument("--tta", default="none", choices=TTA_MODES)
     e.add_argument("--device", default="auto")
     e.add_argument("--out", default=None, help="folder for JSON, PNG plots and report.md")
     e.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .argtypes import BACKENDS
+from .argtypes import BACKENDS, TTA_MODES
 from .augment import normalize, tta_views
 from .data import DataError, FaceSet, load_ferplus
 from .data.check import warn_if_resplit
@@ -25,8 +25,6 @@ from .metrics import (
 )
 from .train import find_ferplus_votes, resolve_device
 from .weights import available_weights, load_model
-
-TTA_MODES = ("none", "flip", "ten-crop")
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .argtypes import BACKENDS, number, whole_number
+from .argtypes import BACKENDS, TTA_MODES, number, whole_number
 
 _SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
 _FILES_PER_BATCH = 8
@@ -105,6 +105,14 @@ def add_recognizer_arguments(parser, backend: bool = False) -> None:
         "machine 1 is often faster)",
     )
     parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="test-time views per face: none (default), flip (the face and its mirror: about "
+        "+1 point of FER2013 accuracy) or ten-crop (about +2 points, ten classifier runs "
+        "per face)",
+    )
+    parser.add_argument(
         "--no-auto-contrast",
         dest="auto_contrast",
         action="store_false",
@@ -147,7 +155,7 @@ def recognizer_from_args(args: argparse.Namespace):
     return Recognizer(
         model=args.model, detector=detector_from_args(args), device=args.device,
         backend=getattr(args, "backend", "torch"),  # `explain` has no --backend
-        auto_contrast=args.auto_contrast,
+        auto_contrast=args.auto_contrast, tta=args.tta,
     )
 
 

@@ -373,7 +373,7 @@ class Recognizer:
         batch_size: int = 128,
         auto_contrast: bool = True,
     ) -> None:
-        from .evaluate import TTA_MODES  # the options first: nothing loads for a wrong one
+        from .argtypes import TTA_MODES  # the options first: nothing loads for a wrong one
 
         if tta not in TTA_MODES:
             raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")

@@ -57,7 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..argtypes import BACKENDS
+from ..argtypes import BACKENDS, TTA_MODES
 from ..faces import FaceDetector
 from ..recognize import MAX_SIDE, ImageError, Recognizer, load_image
 from . import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE
@@ -112,8 +112,8 @@ class Settings:
     get 400 ``bad_host``: a guard against DNS rebinding, where a page of another site
     reaches a service on localhost through a name it controls); empty or ``"*"``: any.
     ``model_name``: the name reported in answers (default: the weights name or the
-    checkpoint's file name). ``auto_contrast``: as `Recognizer`'s (low-contrast faces
-    rescaled to the training faces' typical contrast).
+    checkpoint's file name). ``auto_contrast`` and ``tta``: as `Recognizer`'s (low-contrast
+    faces rescaled to the training faces' typical contrast; test-time views per face).
     """
 
     model: str | None = None
@@ -129,12 +129,15 @@ class Settings:
     retry_after_s: int = 1
     model_name: str | None = None
     auto_contrast: bool = True
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be 'torch' or 'onnx', not {self.backend!r}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {self.tta!r}")
         if self.queue < 0:
             raise ValueError(f"queue must be 0 or more, not {self.queue}")
         if self.max_upload_bytes < 1:
@@ -566,6 +569,10 @@ class ModelOut(BaseModel):
         None, description="whether faces of very low contrast (dark, washed-out) are "
         "rescaled to the training faces' typical contrast before scoring"
     )
+    tta: str | None = Field(
+        None, description="test-time views per face: 'none', 'flip' (the face and its "
+        "mirror) or 'ten-crop'"
+    )
     default: bool
 
 
@@ -794,6 +801,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
             device=settings.device,
             backend=settings.backend,
             auto_contrast=settings.auto_contrast,
+            tta=settings.tta,
         )
     _allow_pixels(settings.max_pixels)
     meta = dict(getattr(recognizer, "meta", {}) or {})
@@ -810,6 +818,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
         "backend": getattr(recognizer, "backend", None),
         "device": None if device is None else str(device),
         "auto_contrast": getattr(recognizer, "auto_contrast", None),
+        "tta": getattr(recognizer, "tta", None),
         "default": True,
     }
     pool = InferencePool(_worker_recognizers(recognizer, settings.workers), settings.queue)

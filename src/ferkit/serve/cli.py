@@ -203,6 +203,7 @@ def run_serve(args: argparse.Namespace) -> int:
             device=args.device,
             backend=args.backend,
             auto_contrast=args.auto_contrast,
+            tta=args.tta,
             workers=args.workers,
             queue=args.queue,
             max_upload_bytes=int(args.max_upload_mb * MB),
