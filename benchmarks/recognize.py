@@ -19,6 +19,7 @@ shipped weights a randomly initialised MBA-CNN is timed.
 
     PYTHONPATH=src python benchmarks/recognize.py [--threads 2] [--seconds 3] [--runs 30]
         [--frames 150] [--model NAME|PATH] [--no-int8] [--detectors blazeface haar]
+        [--tta none|flip|ten-crop]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from PIL import Image
 
 from ferkit import samples
-from ferkit.argtypes import number, whole_number
+from ferkit.argtypes import TTA_MODES, number, whole_number
 from ferkit.augment import normalize
 from ferkit.export import OnnxClassifier, export_onnx, quantize_onnx
 from ferkit.faces import FaceDetector, crop_face, get_detector
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 row")
     ap.add_argument("--detectors", nargs="+", default=["blazeface", "haar"],
                     choices=["blazeface", "haar"], help="detectors of the photo and video rows")
+    ap.add_argument("--tta", choices=TTA_MODES, default="none",
+                    help="test-time views per face in the photo and video rows (default none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -225,11 +228,12 @@ def main(argv: list[str] | None = None) -> None:
                 detector=timer,
                 device="cpu",
                 backend=backend,
+                tta=args.tta,
             )
             for (det, backend), timer in timers.items()
         }
-        print(f"\n## Photo latency (512 x 512 sample, decoded once; median ms of {args.runs} "
-              "runs)\n")
+        print(f"\n## Photo latency (512 x 512 sample, decoded once; TTA {args.tta}; median ms "
+              f"of {args.runs} runs)\n")
         print("| detector | backend | detection + classification ms | of which detection ms |")
         print("|---|---|---:|---:|")
         for (det, backend), rec in recognizers.items():
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\nDetection is timed inside the same runs as the total (median of those runs).")
 
         frames = video_frames(region, min(args.frames, 60))
-        print(f"\n## Video ({FRAME_W} x {FRAME_H}, one moving face, {args.frames} frames)\n")
+        print(f"\n## Video ({FRAME_W} x {FRAME_H}, one moving face, {args.frames} frames, TTA "
+              f"{args.tta})\n")
         print("| detector | backend | fps | frames with one face found |")
         print("|---|---|---:|---:|")
         best_fps = 0.0

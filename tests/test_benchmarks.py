@@ -111,6 +111,8 @@ def test_recognize_refuses_bad_arguments(capsys):
             bench.main, [option, "0"], capsys)
     assert "--model nosuch: nosuch: neither shipped weights" in refused(
         bench.main, ["--model", "nosuch"], capsys)
+    assert "argument --tta: invalid choice: 'five-crop'" in refused(
+        bench.main, ["--tta", "five-crop"], capsys)
 
 
 def test_photo_latency_times_detection_inside_the_same_runs(checkpoint):
