@@ -20,9 +20,10 @@
 # NAME.tar.gz.partNN (join with cat), and the script warns when OUT holds more than that. fp16 weights: mba_cnn 7.5 MB, resnet18 22 MB, mba_cnn_conv 48 MB.
 #
 # Run it from the root of a checkout (it puts ./src first on PYTHONPATH, runs
-# benchmarks/train_speed.py and finds recipes/NAME.yaml there). MINUTES is a positive number
-# (e.g. 30 or 0.5). --help prints the usage; fewer than 4 arguments or a MINUTES that is not
-# a positive number print it and exit with status 2. The exit status is 1 when a run failed.
+# benchmarks/train_speed.py; a recipes/NAME.yaml there comes before the recipe NAME that
+# ferkit ships). MINUTES is a positive number (e.g. 30 or 0.5). --help prints the usage;
+# fewer than 4 arguments or a MINUTES that is not a positive number print it and exit with
+# status 2. The exit status is 1 when a run failed.
 #
 # Environment variables:
 #   EXTRA          --set overrides for every run, e.g. EXTRA="--set batch_size=256"
