@@ -899,6 +899,26 @@ def test_resume_without_recipe_continues_the_runs_own_recipe(pack, tmp_path, cap
         fit(None, pack, tmp_path / "new", device="cpu", progress=False)
 
 
+def test_resume_refuses_a_length_it_cannot_train(pack, tmp_path):
+    """A spent time budget keeps a run's length: a longer resume says so (it trained nothing
+    and exited 0); fewer epochs than done is refused too."""
+    out = tmp_path / "run"
+    first = fit(tiny_recipe(epochs=4, time_budget_minutes=1e-4), pack, out, device="cpu",
+                progress=False)
+    # the plan follows the budget from the second epoch on (the first may compile)
+    assert (first["epochs_done"], first["epochs_planned"]) == (2, 2)
+    state = (out / "last.state.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"budget is spent .*time_budget_minutes=null"):
+        fit(tiny_recipe(epochs=6, time_budget_minutes=1e-4), pack, out, device="cpu",
+            resume=True, progress=False)
+    assert (out / "last.state.pt").read_bytes() == state
+    summary = fit(tiny_recipe(epochs=3, time_budget_minutes=None), pack, out, device="cpu",
+                  resume=True, progress=False)
+    assert (summary["epochs_done"], summary["epochs_planned"]) == (3, 3)
+    with pytest.raises(ValueError, match="has trained 3 epochs already"):
+        fit(tiny_recipe(epochs=2), pack, out, device="cpu", resume=True, progress=False)
+
+
 def test_val_fraction_holds_out_a_stratified_part(env, tmp_path):
     from ferkit.train import hold_out
 

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly (its own recipe unless --recipe "
-                   "is given; --set epochs=N lengthens it)")
+                   "is given; --set epochs=N lengthens it, plus time_budget_minutes=null for a "
+                   "run whose time budget is spent)")
     t.add_argument("--max-minutes", type=number(0, open_low=True), default=None,
                    help="stop cleanly (with a checkpoint) before an epoch that would not fit")
     t.add_argument("--init-from", default=None, metavar="MODEL",
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--runs", nargs="+", help="finished run folders to score and tabulate")
     rp.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="train each recipe once per seed (runs NAME-sSEED)")
-    rp.add_argument("--tta", default="ten-crop", choices=["flip", "ten-crop"],
+    rp.add_argument("--tta", default="ten-crop", choices=[m for m in TTA_MODES if m != "none"],
                     help="the TTA column (single-crop is always scored)")
     rp.add_argument("--backend", default="torch", choices=BACKENDS,
                     help="what scores PrivateTest; onnx is faster on a CPU (ferkit[export])")

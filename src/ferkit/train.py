@@ -245,14 +245,20 @@ def run_recipe(out: str | os.PathLike, overrides: list[str] | str | dict | None 
     """The recipe the run in ``out`` trains (as last saved), with ``overrides`` (as
     ``--set`` takes them, e.g. ``["epochs=400"]``) on top: what ``--resume`` without
     ``--recipe`` continues."""
-    out = Path(out)
-    if not (out / "last.state.pt").exists():
-        raise FileNotFoundError(f"{out}: nothing to resume (no last.state.pt there)")
-    saved = saved_run(out).get("recipe")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{out}: cannot resume: neither last.json nor recipe.json says which "
-                         "recipe the saved run trained; give it with --recipe")
+    saved = resumable_run(Path(out))["recipe"]
     return Recipe.from_dict(apply_overrides(saved, as_overrides(overrides)))
+
+
+def resumable_run(out: Path) -> dict:
+    """`saved_run` of a run that can be resumed: one with a saved state and a recipe."""
+    file = out / "last.state.pt"
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: nothing to resume (no last.state.pt in {out})")
+    saved = saved_run(out)
+    if not isinstance(saved.get("recipe"), dict):
+        raise ValueError(f"{out}: cannot resume: neither last.json nor recipe.json says which "
+                         "recipe the saved run trained")
+    return saved
 
 
 def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
@@ -537,13 +543,7 @@ class Trainer:
     def _check_resumable(self) -> dict:
         """The saved run's metadata, where the recipe given now may continue it: only its
         length (and keys that do not touch the saved state, with a note) may change."""
-        file = self.out / "last.state.pt"
-        if not file.exists():
-            raise FileNotFoundError(f"{file}: nothing to resume (no last.state.pt in {self.out})")
-        saved = saved_run(self.out)
-        if "recipe" not in saved:
-            raise ValueError(f"{self.out}: cannot resume: neither last.json nor recipe.json says "
-                             "which recipe the saved run trained")
+        saved = resumable_run(self.out)
         changes = recipe_changes(saved["recipe"], self.recipe)
         fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED_KEYS}
         if fixed:
@@ -595,6 +595,7 @@ class Trainer:
         for key in ("epoch", "global_step", "best", "plateau_scale", "plateau_bad",
                     "planned_epochs", "elapsed", "history"):
             setattr(self, key, s[key])
+        self._check_new_length()
         if self.dist.main:
             # epochs logged after the last saved state are trained again: drop their rows
             with open(self.out / "metrics.jsonl", "w") as f:
@@ -605,6 +606,30 @@ class Trainer:
             self._plan(self.elapsed / self.epoch)
         else:
             self.planned_epochs = self.recipe.epochs
+
+    def _check_new_length(self) -> None:
+        """A resume that asks for a length the run cannot take is an error, not a run that
+        trains nothing: fewer epochs than it has done, or more epochs while its time budget
+        (unchanged) is spent and so still fixes its length."""
+        r, done = self.recipe, self.epoch
+        if r.epochs < done:
+            raise ValueError(
+                f"{self.out}: cannot resume with epochs {r.epochs}: the run has trained {done} "
+                f"epochs already (its checkpoints are as they are; give epochs > {done} to go on)"
+            )
+        saved = self.saved.get("recipe", {})
+        budget = r.time_budget_minutes
+        if not (budget and done and r.epochs > saved.get("epochs", r.epochs)
+                and budget == saved.get("time_budget_minutes")):
+            return
+        epoch_seconds = self.elapsed / done
+        if (budget * 60 - self.elapsed) < epoch_seconds:  # `_plan` would fit no more epochs
+            raise ValueError(
+                f"{self.out}: cannot resume with epochs {r.epochs}: the run's "
+                f"{budget:g}-minute time budget is spent ({done} epochs in "
+                f"{self.elapsed / 60:.1f} min) and keeps its length at {done}; give a new "
+                f"budget too, e.g. --set epochs={r.epochs} time_budget_minutes=null (none)"
+            )
 
     # ---- one epoch ----
 
