@@ -255,13 +255,36 @@ def test_cli_explain_output_is_checked_before_any_work(checkpoint, tmp_path, cap
 
 def test_gradcam_without_positive_evidence_says_so(tmp_path):
     crop = np.zeros((48, 48), np.uint8)  # all dark: nothing at all for "bright"
-    (bright,) = explain_crops(BrightDark(), [crop], ["bright", "dark"], target="bright")
+    # (as it is: lifted, a flat crop would be mid-gray)
+    (bright,) = explain_crops(BrightDark(), [crop], ["bright", "dark"], target="bright",
+                              auto_contrast=False)
     assert bright.gradcam_class == "bright" and not bright.gradcam.any()
     assert bright.gradcam_note == "no positive evidence for bright"
-    (dark,) = explain_crops(BrightDark(), [crop], ["bright", "dark"])
+    (dark,) = explain_crops(BrightDark(), [crop], ["bright", "dark"], auto_contrast=False)
     assert dark.gradcam_note is None and dark.gradcam.max() == 1
     path = render_explanations(None, [bright, dark], tmp_path / "notes.png")
     assert path.stat().st_size > 1000
+
+
+def test_low_contrast_faces_are_explained_as_the_model_sees_them():
+    """A dim face (left half 10, right half 40: all dark as it is) is lifted before it is
+    explained, as `Recognizer` lifts it before scoring: the brighter half is then bright."""
+    crop = np.full((48, 48), 10, np.uint8)
+    crop[:, 24:] = 40
+    names = ["bright", "dark"]
+    (raw,) = explain_crops(BrightDark(), [crop], names, target="bright", auto_contrast=False)
+    assert raw.gradcam_note == "no positive evidence for bright"
+    (lifted,) = explain_crops(BrightDark(), [crop], names, target="bright")
+    assert lifted.gradcam_note is None
+    assert lifted.gradcam[:, 30:].mean() > 0.5 > lifted.gradcam[:, :18].mean()
+    # explain() on a photo: the scores are the recognizer's, from the lifted face
+    meta = {"class_names": names}
+    for contrast in (True, False):
+        rec = Recognizer(model=(BrightDark(), meta), detector="none", auto_contrast=contrast)
+        (e,) = explain(rec, crop)
+        expected = rec.classify(crop)[0]
+        assert [e.face.scores[n] for n in names] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert (e.face.label == "bright") is contrast
 
 
 def test_explain_needs_the_torch_model(astronaut, ferkit_cache, tmp_path):

@@ -525,6 +525,15 @@ def test_lift_contrast_leaves_normal_faces_alone_and_lifts_low_ones():
     assert np.all(np.diff(lifted.ravel()[order]) >= 0)
     assert np.all(out[4] == round(TYPICAL_MEAN))  # a flat face: no NaN, mid gray
     assert lift_contrast(np.zeros((0, 48, 48), np.uint8)).shape == (0, 48, 48)
+    # between 15 and 25 a face is moved in part: continuous across the threshold, so a face
+    # whose contrast drifts over it (a video as the light changes) is not flipped
+    base = normal[1].astype(np.float64)
+    z = (base - base.mean()) / base.std()
+    near = [np.clip(np.rint(128 + z * sd), 0, 255).astype(np.uint8) for sd in (24.8, 25.2, 20.0)]
+    below, above, middle = lift_contrast(np.stack(near))
+    assert np.array_equal(above, near[1])  # at or over 25: untouched
+    assert np.abs(below.astype(int) - near[0]).mean() < 1.5  # just under: nearly untouched
+    assert 20 + 5 < middle.std() < TYPICAL_STD - 5  # half way: half lifted
     with pytest.raises(ValueError, match="uint8 N x H x W"):
         lift_contrast(faces.astype(np.float32))
 

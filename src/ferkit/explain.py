@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .faces import FACE_SIZE, crop_face, faces_to_tensor
+from .faces import FACE_SIZE, faces_to_tensor
 from .fileio import output_file
 from .models.layers import SpatialAttention
 from .predict_cli import recognizer_from_args
-from .recognize import Face, LoadedImage, Recognizer, load_image
+from .recognize import Face, LoadedImage, Recognizer, lift_contrast, load_image
 
 _CHUNK = 32
 
@@ -258,17 +258,22 @@ def explain_crops(
     crops: np.ndarray | Sequence[np.ndarray],
     class_names: Sequence[str] | None = None,
     target: str | int | None = None,
+    auto_contrast: bool = True,
 ) -> list[FaceExplanation]:
     """`FaceExplanation` of uint8 square gray face crops (no detection; boxes cover the crop).
 
     ``class_names``: default "0", "1", ... ``target``: the class (name or index) Grad-CAM
-    explains; default each face's predicted class. The model is put in eval mode and run
-    on its own device.
+    explains; default each face's predicted class. ``auto_contrast``: crops of very low
+    contrast are lifted first, as `Recognizer` does (`ferkit.recognize.lift_contrast`);
+    False explains them as they are. The model is put in eval mode and run on its own
+    device.
     """
     check_explainable(model)
     crops = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if len(crops) else None
     if crops is None:
         return []
+    if auto_contrast:
+        crops = lift_contrast(crops)
     model.eval()
     names = list(class_names or [str(i) for i in range(_num_classes(model, crops.shape[-1]))])
     target_idx = _target_index(target, names)
@@ -339,21 +344,10 @@ def explain(
     check_explainable(rec.model)
     target_idx = _target_index(target, rec.class_names)
     loaded = load_image(image, color, rec.max_side)
-    found = sorted(rec.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
+    found, crops = rec.faces_in(loaded)
     if not found:
         return []
-    crops = rec.prepare(np.stack(  # the faces as the model sees them (contrast lifted)
-        [
-            crop_face(
-                loaded.pixels,
-                d.box,
-                rec.margin,
-                rec.size,
-                eyes=d.landmarks[:2] if d.landmarks else None,
-            )
-            for d in found
-        ]
-    ))
+    crops = rec.prepare(crops)  # the faces as the model sees them (low contrast lifted)
     tta_probs = rec._probs(crops) if rec.tta != "none" else None
     return _explanations(
         rec.model,

@@ -52,7 +52,8 @@ _ORIENTATION_TAG = 0x0112
 # (0..255); 1 % have a standard deviation under 25. A crop of less contrast than that (a dark,
 # washed-out or flat photo) is outside what the models saw, and they score it confidently
 # wrong (PublicTest darkened x 0.1: 15.7 % correct); `lift_contrast` brings it back (62.0 %).
-LOW_CONTRAST_STD = 25.0
+LOW_CONTRAST_STD = 25.0  # below: lifted, in part
+FULL_LIFT_STD = 15.0  # at or below: lifted fully
 TYPICAL_MEAN, TYPICAL_STD = 129.5, 53.6
 
 
@@ -297,28 +298,37 @@ def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarra
     return out
 
 
-def lift_contrast(faces: np.ndarray, min_std: float = LOW_CONTRAST_STD) -> np.ndarray:
-    """uint8 N x H x W faces, each whose pixel standard deviation is under ``min_std`` (a
-    dark, washed-out or flat crop) rescaled to FER2013's typical mean and standard deviation
-    (129.5, 53.6); the others as they are. Faces of normal contrast are untouched: the
-    shipped model scores FER2013 PublicTest 67.12 % with it and 67.15 % without (PrivateTest
-    68.35 / 68.46 %), while PublicTest darkened x 0.1 goes from 15.7 % to 62.0 % correct and
-    at x 0.15 contrast from 35.2 % to 62.8 % (``benchmarks/low_contrast.py``)."""
+def lift_contrast(faces: np.ndarray, min_std: float = LOW_CONTRAST_STD,
+                  full_std: float = FULL_LIFT_STD) -> np.ndarray:
+    """uint8 N x H x W faces with low contrast (a dark, washed-out or flat crop) moved to
+    FER2013's typical mean and standard deviation (129.5, 53.6); the others as they are.
+
+    A face whose pixel standard deviation is ``full_std`` (15) or less is standardised to
+    those values; between ``full_std`` and ``min_std`` (25) it is blended with its
+    standardised self in proportion to how far below ``min_std`` it is; at ``min_std`` or
+    more it is untouched. The blend keeps the result continuous in the input: a face whose
+    contrast drifts across the threshold (a video as the light changes) is not flipped
+    between two inputs. ``benchmarks/low_contrast.py`` measures what it gains and costs.
+    """
     faces = np.asarray(faces)
     if faces.ndim != 3 or faces.dtype != np.uint8:
         raise ValueError(f"lift_contrast takes uint8 N x H x W faces, not {faces.dtype} "
                          f"{faces.shape}")
+    if not 0 <= full_std < min_std:
+        raise ValueError(f"need 0 <= full_std < min_std, not {full_std}, {min_std}")
     if not len(faces):
         return faces
     flat = faces.reshape(len(faces), -1).astype(np.float32)
     std = flat.std(1)
-    low = std < min_std
+    weight = np.clip((min_std - std) / (min_std - full_std), 0, 1)
+    low = weight > 0
     if not low.any():
         return faces
     out = faces.copy()
-    z = (flat[low] - flat[low].mean(1, keepdims=True)) / np.maximum(std[low, None], 1e-3)
-    lifted = np.clip(np.rint(z * TYPICAL_STD + TYPICAL_MEAN), 0, 255).astype(np.uint8)
-    out[low] = lifted.reshape(-1, *faces.shape[1:])
+    x, w = flat[low], weight[low, None]
+    z = (x - x.mean(1, keepdims=True)) / np.maximum(std[low, None], 1e-3)
+    lifted = (1 - w) * x + w * (z * TYPICAL_STD + TYPICAL_MEAN)
+    out[low] = np.clip(np.rint(lifted), 0, 255).astype(np.uint8).reshape(-1, *faces.shape[1:])
     return out
 
 
@@ -468,22 +478,9 @@ class Recognizer:
         model runs, so pass large collections in chunks.
         """
         loaded = [load_image(im, color, self.max_side) for im in images]
-        found = [
-            sorted(self.detector.detect(im.pixels), key=lambda d: (d.box[0], d.box[1]))
-            for im in loaded
-        ]
-        crops = [
-            crop_face(
-                im.pixels,
-                d.box,
-                self.margin,
-                self.size,
-                eyes=d.landmarks[:2] if d.landmarks else None,
-            )
-            for im, dets in zip(loaded, found, strict=True)
-            for d in dets
-        ]
-        probs = self.classify(np.stack(crops) if crops else np.zeros((0, self.size, self.size)))
+        found, crops = zip(*(self.faces_in(im) for im in loaded), strict=True) if loaded else ((), ())
+        probs = self.classify(np.concatenate([np.zeros((0, self.size, self.size), np.uint8),
+                                              *crops]))
         out, i = [], 0
         for im, dets in zip(loaded, found, strict=True):
             faces = []
@@ -492,6 +489,16 @@ class Recognizer:
                 i += 1
             out.append(faces)
         return out
+
+    def faces_in(self, loaded: LoadedImage) -> tuple[list, np.ndarray]:
+        """The detector's faces in a `load_image` result, left to right, and their uint8
+        crops (N x size x size, cut as every path cuts them: `ferkit.faces.crop_face`)."""
+        found = sorted(self.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
+        crops = np.zeros((len(found), self.size, self.size), np.uint8)
+        for k, d in enumerate(found):
+            crops[k] = crop_face(loaded.pixels, d.box, self.margin, self.size,
+                                 eyes=d.landmarks[:2] if d.landmarks else None)
+        return found, crops
 
     def _face(self, det, probs: np.ndarray, scale: tuple[float, float]) -> Face:
         sx, sy = scale
