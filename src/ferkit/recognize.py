@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import nn
 
+from .argtypes import TTA_MODES
 from .augment import PIXEL_MEAN, PIXEL_STD
 from .faces import (
     DEFAULT_MARGIN,
@@ -383,9 +384,7 @@ class Recognizer:
         batch_size: int = 128,
         auto_contrast: bool = True,
     ) -> None:
-        from .argtypes import TTA_MODES  # the options first: nothing loads for a wrong one
-
-        if tta not in TTA_MODES:
+        if tta not in TTA_MODES:  # the options first: nothing loads for a wrong one
             raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
