@@ -8,8 +8,13 @@ off (the faces as they are, as ``ferkit eval`` scores them). Prints a Markdown t
 accuracy in % per change and mode, the share of faces auto-contrast changed, and the
 accuracy on the dataset's own faces that it changes (as recorded).
 
+``--photo [PATH]`` does the same to a whole photo (default: the bundled sample) instead of a
+dataset, detection included, and prints each face's label and confidence per change and
+mode; ``--picture OUT.png`` also draws the faces as the model sees them (ferkit[plots]).
+
     PYTHONPATH=src python benchmarks/low_contrast.py --data fer2013.csv.gz
         [--split PublicTest] [--model NAME|PATH] [--backend onnx] [--limit N]
+    PYTHONPATH=src python benchmarks/low_contrast.py --photo [PATH] [--picture OUT.png]
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import numpy as np
 
 from ferkit.argtypes import BACKENDS, whole_number
-from ferkit.recognize import Recognizer
+from ferkit.recognize import Recognizer, load_image
 
 
 def _mean(x: np.ndarray) -> np.ndarray:
@@ -75,15 +80,104 @@ def accuracy_table(recognizers: dict[str, Recognizer], images: np.ndarray,
     return rows
 
 
+def photo_rows(recognizers: dict[str, Recognizer], photo: np.ndarray,
+               changes=tuple(CHANGES)) -> list[dict]:
+    """One row per change of a whole photo (uint8 H x W or H x W x 3): per recognizer, the
+    faces it finds, left to right, each as (face as the model sees it, label, confidence)."""
+    rows = []
+    for change in changes:
+        pixels = changed(photo[None], change)[0]
+        row = {"change": change, "photo": pixels}
+        for name, rec in recognizers.items():
+            _, crops = rec.faces_in(load_image(pixels))
+            seen = rec.prepare(crops)
+            probs = rec._probs(seen)
+            row[name] = [(face, rec.class_names[int(p.argmax())], float(p.max()))
+                         for face, p in zip(seen, probs, strict=True)]
+        rows.append(row)
+    return rows
+
+
+def draw_photo_rows(rows: list[dict], names: list[str], out: str) -> str:
+    """A picture of `photo_rows`: a column per change, with the changed photo and below it
+    each recognizer's first face as the model sees it, labelled and with its confidence."""
+    from ferkit.metrics import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1 + len(names), len(rows), figsize=(1.7 * len(rows),
+                                                                  2.0 * (1 + len(names))),
+                             squeeze=False)
+    for col, row in enumerate(rows):
+        ax = axes[0, col]
+        ax.imshow(row["photo"], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(row["change"], fontsize=9)
+        for ax, name in zip(axes[1:, col], names, strict=True):
+            if row[name]:
+                face, label, confidence = row[name][0]
+                ax.imshow(face, cmap="gray", vmin=0, vmax=255)
+                ax.set_xlabel(f"{label} {100 * confidence:.0f}%", fontsize=9)
+            else:
+                ax.set_xlabel("no face found", fontsize=9)
+    for ax, text in zip(axes[:, 0], ["photo", *names], strict=True):
+        ax.set_ylabel(text, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return str(_save(fig, out))
+
+
+def photo_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from ferkit import samples
+
+    source = samples.path() if args.photo == "sample" else args.photo
+    try:
+        photo = load_image(source).pixels
+    except (OSError, ValueError) as exc:
+        ap.error(f"--photo: {exc}")
+    if args.picture:
+        from ferkit.metrics import _pyplot
+
+        try:
+            _pyplot()
+        except ImportError as exc:
+            ap.error(f"--picture: {exc}")
+    recognizers = {"auto-contrast": Recognizer(args.model, backend=args.backend)}
+    recognizers["as is"] = Recognizer(args.model, backend=args.backend, auto_contrast=False)
+    rows = photo_rows(recognizers, photo)
+    print(f"\n{source}, model {args.model or 'default'}, backend {args.backend}; each face "
+          "found, left to right: label and confidence\n")
+    print("| change | auto-contrast | as is |")
+    print("|---|---|---|")
+    for r in rows:
+        cells = [", ".join(f"{label} {100 * c:.0f}%" for _, label, c in r[name]) or "no face"
+                 for name in recognizers]
+        print(f"| {r['change']} | {cells[0]} | {cells[1]} |")
+    if args.picture:
+        print(f"\npicture: {draw_photo_rows(rows, list(recognizers), args.picture)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="a dataset any ferkit reader takes")
+    ap.add_argument("--data", help="a dataset any ferkit reader takes")
+    ap.add_argument("--photo", nargs="?", const="sample", metavar="PATH",
+                    help="instead of --data: a photo, recognised whole after each change "
+                         "(default: the bundled sample)")
+    ap.add_argument("--picture", metavar="OUT.png",
+                    help="with --photo: draw the faces as the model sees them")
     ap.add_argument("--split", default="PublicTest", help="split to score (default PublicTest)")
     ap.add_argument("--model", default=None, help="weights name or checkpoint (default: shipped)")
     ap.add_argument("--backend", choices=BACKENDS, default="torch")
     ap.add_argument("--limit", type=whole_number(1), default=None, metavar="N",
                     help="score the first N faces only")
     args = ap.parse_args(argv)
+    if (args.data is None) == (args.photo is None):
+        ap.error("give one of --data and --photo")
+    if args.picture and args.photo is None:
+        ap.error("--picture draws --photo's faces: give --photo too")
+    if args.photo is not None:
+        photo_main(ap, args)
+        return
 
     from ferkit.data import DataError
     from ferkit.evaluate import load_eval_data

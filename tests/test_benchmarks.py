@@ -224,3 +224,44 @@ def test_low_contrast_changes_and_table(checkpoint, make_images, write_csv, caps
     for change, (auto, plain, lifted) in cells.items():
         if lifted == "0 %":
             assert auto == plain, change
+
+
+def test_low_contrast_photo_mode(checkpoint, tmp_path, capsys):
+    """--photo: the whole sample photo, detection included, per change and mode; the faces
+    of the auto-contrast column are what `Recognizer.prepare` makes of the detected crop."""
+    bench = load_benchmark("low_contrast")
+    assert "one of --data and --photo" in refused(bench.main, [], capsys)
+    assert "one of --data and --photo" in refused(
+        bench.main, ["--data", "x.csv", "--photo"], capsys)
+    assert "give --photo too" in refused(
+        bench.main, ["--data", "x.csv", "--picture", str(tmp_path / "p.png")], capsys)
+    assert "--photo: " in refused(bench.main, ["--photo", str(tmp_path / "none.jpg")], capsys)
+
+    from ferkit import samples
+    from ferkit.recognize import Recognizer, load_image
+
+    recs = {"auto": Recognizer(str(checkpoint)),
+            "plain": Recognizer(str(checkpoint), auto_contrast=False)}
+    photo = load_image(samples.path()).pixels
+    rows = bench.photo_rows(recs, photo, changes=("as recorded", "dark x 0.1"))
+    same, dark = rows
+    assert np.array_equal(same["photo"], photo) and dark["photo"].max() <= 26
+    assert len(same["auto"]) == len(same["plain"]) == 1  # the sample's one face
+    # a face of ordinary contrast is left alone; at a tenth of the light it is lifted
+    assert np.array_equal(same["auto"][0][0], same["plain"][0][0])
+    assert dark["plain"][0][0].std() < 15 < 40 < dark["auto"][0][0].std()
+    crops = recs["plain"].faces_in(load_image(dark["photo"]))[1]
+    assert np.array_equal(dark["auto"][0][0], recs["auto"].prepare(crops)[0])
+    for row in rows:
+        for name, rec in recs.items():
+            _, label, confidence = row[name][0]
+            assert label in rec.class_names and 0 < confidence <= 1
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    out = tmp_path / "lift.png"
+    bench.main(["--photo", "--model", str(checkpoint), "--picture", str(out)])
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0][2:] for r in table] == list(bench.CHANGES)
+    assert out.stat().st_size > 10_000 and f"picture: {out}" in printed
