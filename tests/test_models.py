@@ -346,7 +346,7 @@ def test_create_model_bad_option(name):
 def test_create_model_bad_values_name_the_option():
     assert model_options("mba_cnn_1branch")["branches"] == 1  # the registered defaults
     assert {"dropout", "branches", "attention"} <= set(model_options("mba_cnn"))
-    with pytest.raises(ValueError, match="'mba_cnn' with dropout=2: dropout probability"):
+    with pytest.raises(ValueError, match=r"'mba_cnn': option dropout must be a fraction in \[0, 1\), not 2"):
         create_model("mba_cnn", dropout=2)
     with pytest.raises(ValueError, match="branches=5: branches must be 1 or 3"):
         create_model("mba_cnn", branches=5)

@@ -1016,7 +1016,7 @@ def test_eval_takes_shipped_names_and_run_folders(trained, pack, tmp_path, capsy
         ("ema=1", r"ema: expected a decay in \[0, 1\)"),
         ("model_options={dropuot: 0.3}",
          "model_options: model 'mba_cnn' has no option 'dropuot'; its options: .*dropout"),
-        ("model_options={dropout: 2}", "model_options: model 'mba_cnn' with dropout=2"),
+        ("model_options={dropout: 2}", "model_options: model 'mba_cnn': option dropout must be"),
         ("model_options={branches: 5}", "model_options: model 'mba_cnn' with branches=5"),
     ],
 )

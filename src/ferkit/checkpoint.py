@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .devices import resolve_device
 from .fileio import write_atomically
 from .models import create_model
 
@@ -62,7 +63,13 @@ def _file(base: Path, suffix: str) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The model (eval mode, float32) and metadata of a checkpoint written by `save_checkpoint`."""
+    """The model (eval mode, float32) and metadata of a checkpoint written by `save_checkpoint`.
+
+    ``device``: as `ferkit.devices.resolve_device` takes it (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``); one this machine lacks is a ValueError. Weights that cannot be read
+    (truncated, not a safetensors file) or do not fit the model the metadata names are a
+    ValueError naming the file."""
+    dev = resolve_device(device)
     base = _base(path)
     weights = _file(base, ".safetensors")
     if not weights.exists():
@@ -71,12 +78,37 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = create_model(
         meta["model"], num_classes=len(meta["class_names"]), **meta.get("model_options", {})
     )
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # safetensors' own error type, or an OSError
+        raise ValueError(
+            f"{weights}: unreadable checkpoint weights, truncated or not a safetensors file "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise ValueError(
             f"{weights}: weights do not fit model {meta['model']!r} with options "
-            f"{meta.get('model_options', {})} ({str(exc).splitlines()[0]})"
+            f"{meta.get('model_options', {})} and {len(meta['class_names'])} classes "
+            f"({_misfit(model.state_dict(), state)})"
         ) from None
-    return model.to(device).eval(), meta
+    return model.to(dev).eval(), meta
+
+
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between a model's state and a checkpoint's: a few names, and shapes."""
+    shape = lambda t: " x ".join(map(str, t.shape)) or "scalar"  # noqa: E731
+    parts = []
+    wrong = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    if wrong:
+        parts.append("shapes differ: " + ", ".join(
+            f"{k} {shape(found[k])} in the file, {shape(expected[k])} in the model"
+            for k in wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""))
+    for what, keys in (("missing from the file", [k for k in expected if k not in found]),
+                       ("not in the model", [k for k in found if k not in expected])):
+        if keys:
+            parts.append(f"{len(keys)} tensor(s) {what}: " + ", ".join(keys[:3])
+                         + (", ..." if len(keys) > 3 else ""))
+    return "; ".join(parts) or "the state does not load"

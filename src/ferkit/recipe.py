@@ -178,8 +178,9 @@ class Recipe:
         need("val_fraction", 0 <= self.val_fraction < 1,
              "a fraction in [0, 1) of the training split (0: none held out)")
         need("time_budget_minutes",
-             self.time_budget_minutes is None or self.time_budget_minutes > 0,
+             self.time_budget_minutes is None or 0 < self.time_budget_minutes < math.inf,
              "minutes > 0 (or null: no budget)")
+        need("seed", 0 <= self.seed < 2**63, "an integer in [0, 2**63)")
         for key in ("lr", "weight_decay", "min_lr", "momentum", "label_smoothing", "ema",
                     "val_fraction", "warmup_epochs", "plateau_factor"):
             need(key, math.isfinite(getattr(self, key)), "a finite number")
@@ -192,15 +193,17 @@ class Recipe:
             value = getattr(self, f.name)
             if kind is not None and value is None and "None" not in str(f.type):
                 raise ValueError(f"recipe key {f.name}: expected {f.type}, got null")
-            if kind is None or value is None or isinstance(value, kind):
+            if kind is None or value is None:
                 continue
-            if kind is bool or isinstance(value, bool):
+            if (kind is bool) != isinstance(value, bool):  # True is an int to Python
                 raise ValueError(f"recipe key {f.name}: expected {f.type}, got {value!r}")
+            if isinstance(value, kind):
+                continue
             try:
                 number = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"recipe key {f.name}: expected {f.type}, got {value!r}") from None
-            if kind is int and number != int(number):
+            if kind is int and not (math.isfinite(number) and number == int(number)):
                 raise ValueError(f"recipe key {f.name}: expected an integer, got {value!r}")
             setattr(self, f.name, kind(number))
 
@@ -308,8 +311,13 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         value = yaml.safe_load(raw)
         target = d
         *parents, leaf = key.split(".")
-        for p in parents:
-            target[p] = dict(target.get(p) or {})
+        for depth, p in enumerate(parents):
+            inner = target.get(p)
+            if inner is not None and not isinstance(inner, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ValueError(f"override {item!r}: {where} is {inner!r}, not a mapping of "
+                                 "keys (give it whole, e.g. " + f"{where}=VALUE)")
+            target[p] = dict(inner or {})
             target = target[p]
         target[leaf] = value
     return d

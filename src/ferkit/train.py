@@ -31,6 +31,7 @@ from .checkpoint import read_metadata, save_checkpoint
 from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
 from .data.fer2013 import COMPRESSED_OPENERS
 from .data.readers import faces_from
+from .devices import resolve_device
 from .fileio import PROGRESS_SECONDS, write_atomically
 from .models import create_model
 from .recipe import Recipe, apply_overrides, as_overrides
@@ -47,26 +48,6 @@ class DistInfo:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when there is a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
-    anything else, or a GPU this machine lacks, is a ValueError that says what there is."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r} requested but this machine has no CUDA GPU "
-                             "(torch sees none); use --device cpu or auto")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} requested but this machine has {count} CUDA "
-                             f"GPU(s): cuda:0 to cuda:{count - 1}")
-    return dev  # cpu, or another backend torch knows (mps, xpu, ...): torch checks it
 
 
 def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:

@@ -59,6 +59,27 @@ def model_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def _option_problem(value, default) -> str | None:
+    """What a model option's value should be, where it is not that (by its default's kind):
+    a bool for a switch, a whole number >= 1 for a count or size, a fraction in [0, 1) for a
+    rate, a list of as many whole numbers >= 1 for widths and depths."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, numbers.Integral):
+        ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+              and value >= 1)
+        return None if ok else "a whole number >= 1"
+    if isinstance(default, float):
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and 0 <= value < 1)
+        return None if ok else "a fraction in [0, 1)"
+    if isinstance(default, tuple | list):
+        ok = (isinstance(value, tuple | list) and len(value) == len(default)
+              and all(_option_problem(v, d) is None for v, d in zip(value, default, strict=True)))
+        return None if ok else f"a list of {len(default)} whole numbers >= 1"
+    return None
+
+
 def create_model(name: str, num_classes: int = 7, in_chans: int = 1, **options) -> nn.Module:
     """Build a registered model. ``options`` override the model's defaults
     (`model_options` lists them); a wrong name, option or value is a ValueError naming it."""
@@ -73,6 +94,10 @@ def create_model(name: str, num_classes: int = 7, in_chans: int = 1, **options) 
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
             + ", ".join(f"{k} (default {v!r})" for k, v in known.items())
         )
+    for key, value in options.items():
+        problem = _option_problem(value, known[key])
+        if problem:
+            raise ValueError(f"model {name!r}: option {key} must be {problem}, not {value!r}")
     kwargs = {**spec.defaults, **options}
     try:
         return spec.builder(num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
