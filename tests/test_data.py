@@ -211,8 +211,14 @@ def test_generic_class_folders_aliases_and_modes(tmp_path, make_images):
     assert faces.info["layout"] == "class-folders"
     assert set(faces.splits.tolist()) == {"all"}
     assert faces.labels.tolist() == [0, 1, 2, 3, 4, 5, 6]
-    np.testing.assert_array_equal(faces.images[:5], g[:5])
+    np.testing.assert_array_equal(faces.images[[0, 1, 3, 4]], g[[0, 1, 3, 4]])
     np.testing.assert_array_equal(faces.images[6], g[6])
+    # half-transparent: over white, as recognition reads it (the alpha is not dropped)
+    from ferkit.recognize import as_face_crops, load_image
+
+    over_white = as_face_crops([load_image(tmp_path / "fearful/rgba.png").pixels])[0]
+    np.testing.assert_array_equal(faces.images[2], over_white)
+    assert faces.images[2].astype(int).min() >= 127
     assert np.abs(faces.images[5].astype(int) - smooth).mean() < 2  # 96x96 -> 48x48 bilinear
     assert any("notes.txt" in p for p in faces.info["ignored"])
     assert "all" in warn_if_resplit(faces, "all", quiet=True)

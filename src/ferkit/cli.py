@@ -68,9 +68,25 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack_out(out: str, data: str):
+    """``--out`` of ``data pack`` checked before any work: a file, not a folder, writable, and
+    not the dataset itself nor one of the files it is read from (also through a link)."""
+    import os
+
+    from .data.folders import dataset_files
+    from .fileio import output_file
+
+    keep = [data]
+    if os.path.isfile(out) and os.path.isdir(data):
+        # only a file that exists can be one of the inputs: the one it is, by name or link
+        keep += [f for f in dataset_files(data) if os.path.exists(f) and os.path.samefile(f, out)]
+    return output_file(out, "--out", keep)
+
+
 def _cmd_data_pack(args: argparse.Namespace) -> int:
     from .data import DataError, load
 
+    out = _pack_out(args.out, args.path)
     faces = load(args.path)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits:  # a 0-image pack would only fail later, on the training machine
@@ -79,7 +95,7 @@ def _cmd_data_pack(args: argparse.Namespace) -> int:
             f"{','.join(faces.split_names)}"
         )
     packed = faces.subset(splits)  # a split it does not have is an error there
-    path = packed.save_pack(args.out)
+    path = packed.save_pack(out)
     size = path.stat().st_size
     print(f"packed {len(packed)} images ({', '.join(splits)}) into {path} "
           f"({size / 2**20:.1f} MiB)")

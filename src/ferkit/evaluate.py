@@ -38,6 +38,9 @@ def predict_probs(
 ) -> np.ndarray:
     """Class probabilities (N x C) for uint8 N x 48 x 48 faces, averaged over TTA views.
 
+    ``images``: a numpy array (shared with torch, not copied; a read-only one is copied a
+    batch at a time) or a tensor.
+
     ``model``: a torch module (moved to ``device`` and channels_last, in eval mode), or any
     callable from a normalised float N x 1 x 48 x 48 tensor to N x C logits, such as
     `ferkit.export.OnnxClassifier`; both share the normalisation, TTA and softmax here.
@@ -53,7 +56,10 @@ def predict_probs(
     is_module = isinstance(model, torch.nn.Module)
     if is_module:
         model = channels_last_on(model, device).eval()
-    data = torch.as_tensor(images)
+    data = images if isinstance(images, torch.Tensor) else np.asarray(images)
+    # torch warns on read-only numpy memory (a PIL image's, np.frombuffer's), which it would
+    # share: such data is copied a batch at a time as it goes in; writable data is not copied
+    copy = isinstance(data, np.ndarray) and not data.flags.writeable
     batches = range(0, len(data), batch_size)
     if progress:
         from tqdm import tqdm
@@ -61,7 +67,8 @@ def predict_probs(
         batches = tqdm(batches, desc=f"predict (tta {tta})", unit="batch", file=sys.stderr)
     out = []
     for i in batches:
-        x = normalize(data[i : i + batch_size].to(device))
+        batch = data[i : i + batch_size]
+        x = normalize(torch.as_tensor(batch.copy() if copy else batch).to(device))
         views = tta_views(x, tta)
         v, n = views.shape[:2]
         flat = views.reshape(v * n, *views.shape[2:])

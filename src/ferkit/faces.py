@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .augment import normalize
+from .imagedecode import resize, to_gray  # noqa: F401 (ferkit.faces names them too)
 
 #: Default crop margin: the square crop's side is ``(1 + margin)`` times the box's longer side.
 DEFAULT_MARGIN = 0.2
@@ -70,28 +71,6 @@ def _import_cv2():
             "face detection needs OpenCV: pip install 'opencv-python-headless>=4.8,<5'"
         ) from exc
     return cv2
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """uint8 H x W gray from H x W gray or H x W x 3 RGB (ITU-R 601 luma, as PIL's ``L``)."""
-    if image.ndim == 2:
-        return image
-    cv2 = _import_cv2()
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-
-
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
-    h, w = image.shape[:2]
-    if (w, h) == (width, height):
-        return image
-    cv2 = _import_cv2()
-    shrink = width < w or height < h
-    return cv2.resize(
-        np.ascontiguousarray(image),
-        (width, height),
-        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
-    )
 
 
 class HaarDetector(FaceDetector):

@@ -2,10 +2,12 @@
 
 Inputs (`load_image`): a path or binary file object, a PIL image, or a numpy array (H x W
 gray; H x W x 3 RGB by default or BGR with ``color="bgr"``, as OpenCV gives; H x W x 4 with
-alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1; 16-bit data
-whose largest colour value fits 12, 10 or 8 bits is taken as 12-, 10- or 8-bit data).
+alpha; uint8, uint16, other integers up to 16 bits, bool, or float in 0..1 (-0.5..1.5,
+resampling overshoot, is clipped to 0..1; float beyond that is refused); 16-bit data whose
+largest colour value fits 12, 10 or 8 bits is taken as 12-, 10- or 8-bit data).
 Files honour their EXIF orientation, and every mode PIL reads (16-bit, palette, alpha,
-CMYK, ...) becomes 8-bit gray or RGB; transparent parts are composited over white.
+CMYK, ...) becomes 8-bit gray or RGB; transparent parts are composited over white. The
+decoding is `ferkit.imagedecode`'s, which image-folder datasets are read with too.
 
 Large images: an image whose longer side exceeds ``max_side`` (default 4096) is shrunk once
 on loading (JPEGs are decoded at reduced scale) and every later step works on that copy,
@@ -19,6 +21,8 @@ in memory, have no such limit.
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from .argtypes import TTA_MODES
@@ -41,13 +45,18 @@ from .faces import (
     resize,
     to_gray,
 )
+from .imagedecode import (
+    MAX_SIDE,
+    ImageError,
+    array_to_uint8,
+    decode_pil,
+    rgba_over_white,
+    shrunk_size,
+)
 
 # Large images are fine here (shrunk on loading); only PIL's error limit applies. A filter
 # set once: `warnings.catch_warnings` is not thread-safe and the service decodes in threads.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-MAX_SIDE = 4096
-_ORIENTATION_TAG = 0x0112
 
 # FER2013's Training faces: the median face has pixel mean 129.5 and standard deviation 53.6
 # (0..255); 1 % have a standard deviation under 25. A crop of less contrast than that (a dark,
@@ -56,10 +65,6 @@ _ORIENTATION_TAG = 0x0112
 LOW_CONTRAST_STD = 25.0  # below: lifted, in part
 FULL_LIFT_STD = 15.0  # at or below: lifted fully
 TYPICAL_MEAN, TYPICAL_STD = 129.5, 53.6
-
-
-class ImageError(ValueError):
-    """An input that is not a readable image; the message names it."""
 
 
 @dataclass
@@ -95,83 +100,6 @@ class LoadedImage:
     name: str
 
 
-def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.nan_to_num(arr.astype(np.float32, copy=False))
-        # a little outside 0..1 is resampling overshoot; far outside is another scale
-        # (0..255, or normalised -1..1), which clipping would turn into a blank image
-        if arr.size and (arr.max() > 1.5 or arr.min() < -0.5):
-            raise ImageError(
-                f"float image values must be in 0..1 (these span {arr.min():g}..{arr.max():g}); "
-                "divide 0..255 values by 255, or pass uint8"
-            )
-        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype == np.uint16 or (arr.size and arr.max() > 255):
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-            # 16-bit files and arrays often hold 10- or 12-bit data (scientific and medical
-            # cameras), or 8-bit values: scaled by 256 they would be near black (0..15).
-            # The depth: the smallest of 8, 10, 12 and 16 bits that holds the largest colour
-            # value (alpha, often full-scale, does not count)
-            colour = arr[..., :3] if arr.ndim == 3 and arr.shape[2] == 4 else arr
-            top = int(colour.max()) if colour.size else 0
-            shift = next(bits for bits in (8, 10, 12, 16) if top < 1 << bits) - 8
-            return (arr >> shift).astype(np.uint8)
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    raise ImageError(f"unsupported image array dtype {arr.dtype}")
-
-
-def _over_white(rgba: Image.Image) -> Image.Image:
-    out = Image.new("RGB", rgba.size, (255, 255, 255))
-    out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-    return out
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """An ``L`` or ``RGB`` copy of any PIL mode (alpha composited over white)."""
-    mode = img.mode
-    if mode in ("L", "RGB"):
-        return img
-    if mode == "1":
-        return img.convert("L")
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img)
-        if mode == "F":
-            arr = arr / 255.0  # PIL float images hold 0..255
-        return Image.fromarray(_array_to_uint8(arr))
-    if mode == "P" and "transparency" not in img.info:
-        return img.convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
-        return _over_white(img.convert("RGBA"))
-    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
-
-
-def _shrunk_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    s = min(1.0, max_side / max(width, height))
-    return max(1, round(width * s)), max(1, round(height * s))
-
-
-def _from_pil(img: Image.Image, max_side: int, owned: bool) -> tuple[np.ndarray, tuple[int, int]]:
-    """(pixels, full oriented size) of a PIL image; ``owned`` images may be changed in place."""
-    orientation = img.getexif().get(_ORIENTATION_TAG, 1)
-    full = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
-    if owned and max(img.size) > max_side and img.format == "JPEG":
-        img.draft(None, _shrunk_size(*img.size, max_side))  # decode at 1/2, 1/4 or 1/8 scale
-    if orientation in range(2, 9):
-        if owned:
-            ImageOps.exif_transpose(img, in_place=True)
-        else:
-            img = ImageOps.exif_transpose(img)
-    img = _to_8bit(img)
-    if max(img.size) > max_side:
-        img = img.resize(_shrunk_size(*img.size, max_side), Image.Resampling.BOX, reducing_gap=3.0)
-    return np.asarray(img), full
-
-
 def _from_array(arr: np.ndarray, color: str, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
@@ -182,15 +110,14 @@ def _from_array(arr: np.ndarray, color: str, max_side: int) -> tuple[np.ndarray,
     h, w = arr.shape[:2]
     if max(h, w) > max_side:
         if arr.dtype != np.uint8:
-            arr = _array_to_uint8(arr)
-        arr = resize(arr, *_shrunk_size(w, h, max_side))
-    arr = _array_to_uint8(arr)
+            arr = array_to_uint8(arr)
+        arr = resize(arr, *shrunk_size(w, h, max_side))
+    arr = array_to_uint8(arr)
     if arr.ndim == 3:
         if color == "bgr":
             arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
         if arr.shape[2] == 4:
-            alpha = arr[:, :, 3:].astype(np.float32) / 255.0
-            arr = np.rint(arr[:, :, :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+            arr = rgba_over_white(arr)
     return np.ascontiguousarray(arr), (w, h)
 
 
@@ -216,7 +143,7 @@ def load_image(
     elif isinstance(source, Image.Image):
         name = getattr(source, "filename", "") or "<PIL image>"
         try:
-            pixels, full = _from_pil(source, max_side, owned=False)
+            pixels, full = decode_pil(source, max_side, owned=False)
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"{name}: cannot read image ({exc})") from exc
     elif isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):
@@ -235,7 +162,7 @@ def load_image(
                 raise ImageError(f"{name}: empty file (0 bytes), not an image")
         try:
             with Image.open(source, formats=formats) as img:
-                pixels, full = _from_pil(img, max_side, owned=True)
+                pixels, full = decode_pil(img, max_side, owned=True)
         except Image.DecompressionBombError as exc:
             raise ImageError(
                 f"{name}: image too large ({exc}); shrink it first, or from Python raise "
@@ -254,22 +181,71 @@ def load_image(
     return LoadedImage(pixels, (full[0] / w, full[1] / h), str(name))
 
 
+def _chw_error(what: str, shape: tuple) -> ImageError:
+    """The error for colour laid out channels first (C x H x W, or N x C x H x W)."""
+    batch = len(shape) == 4
+    return ImageError(
+        f"{what}: shape {shape} is colour laid out channels first ({'N x ' * batch}C x H x W, "
+        "as torch lays out images); colour crops are H x W x 3 (or x 4, alpha), a batch of "
+        "them N x H x W x 3: move the channels last, e.g. numpy's "
+        + ("crops.transpose(0, 2, 3, 1)" if batch else "crop.transpose(1, 2, 0)")
+    )
+
+
+def _one_crop(crop, i: int) -> tuple[np.ndarray, bool]:
+    """An item of a list of crops: (pixels, decoded): a PIL image's uint8 gray or RGB pixels
+    (decoded True), else the item as an H x W or H x W x C array."""
+    if isinstance(crop, Image.Image):
+        try:
+            return decode_pil(crop, max_side=None)[0], True
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"crop {i}: cannot read image ({exc})") from exc
+    c = np.asarray(crop)
+    if c.ndim == 2 or (c.ndim == 3 and c.shape[2] in (1, 3, 4)):
+        return c, False
+    if c.ndim == 3 and c.shape[0] == 1:
+        return c[0], False
+    if c.ndim == 3 and c.shape[0] in (3, 4) and min(c.shape[1:]) > 4:
+        raise _chw_error(f"crop {i}", c.shape)
+    raise ImageError(
+        f"crop {i}: expected H x W, 1 x H x W or H x W x 1/3/4 (or a PIL image); got "
+        + (f"shape {c.shape}" if c.dtype != object else "objects")
+    )
+
+
 def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarray:
     """uint8 N x size x size gray faces from the crops `Recognizer.classify` takes; an
-    `ImageError` names the crop and what was expected otherwise."""
+    `ImageError` names the crop and what was expected otherwise.
+
+    The layout is read from the number of dimensions and the last axis, never guessed from
+    the other sizes:
+
+    - a PIL image: one crop, decoded as `load_image` decodes a PIL image (EXIF orientation,
+      any mode: 16-bit, palette, alpha over white, CMYK, ...); ``color`` does not apply;
+    - 2-D, H x W: one gray crop;
+    - 3-D whose last axis is 1, 3 or 4: one crop, H x W x 1 gray, H x W x 3 colour (RGB,
+      or BGR with ``color="bgr"``), H x W x 4 colour with alpha (composited over white).
+      So ``(4, 4, 3)`` is one 4 x 4 colour crop and ``(5, 48, 4)`` one 5 x 48 crop with
+      alpha: a gray crop 1, 3 or 4 pixels wide is no face;
+    - any other 3-D, N x H x W: N gray crops (1 x H x W: one). A colour crop laid out
+      channels first (3 x H x W) is read so, as 3 gray crops: colour is H x W x 3;
+    - 4-D: N x H x W x 1/3/4 (last axis first, as above) or N x 1 x H x W; N x 3 x H x W
+      (channels first) is refused;
+    - a list or tuple: one crop per item, each a PIL image, H x W, 1 x H x W or
+      H x W x 1/3/4; an item 3 x H x W or 4 x H x W (H, W over 4) is refused as colour
+      laid out channels first.
+
+    Values are as `load_image` takes them (uint8, 16-bit, float in 0..1, bool, ...); each
+    crop is made gray as `ferkit.faces.crop_face` does and resized to ``size``.
+    """
     if color not in ("rgb", "bgr"):
         raise ValueError(f"color must be 'rgb' or 'bgr', not {color!r}")
     if isinstance(crops, (list, tuple)):
         if not crops:
             return np.zeros((0, size, size), dtype=np.uint8)
-        items = [np.asarray(c) for c in crops]
-        for i, c in enumerate(items):
-            if c.ndim == 3 and c.shape[0] == 1:
-                items[i] = c[0]
-            elif not (c.ndim == 2 or (c.ndim == 3 and c.shape[2] in (1, 3, 4))):
-                raise ImageError(
-                    f"crop {i}: expected H x W, 1 x H x W or H x W x 3/4; got shape {c.shape}"
-                )
+        items = [_one_crop(c, i) for i, c in enumerate(crops)]
+    elif isinstance(crops, Image.Image):
+        items = [_one_crop(crops, 0)]
     else:
         arr = np.asarray(crops)
         if arr.dtype == object or arr.ndim not in (2, 3, 4):
@@ -277,24 +253,29 @@ def as_face_crops(crops, size: int = FACE_SIZE, color: str = "rgb") -> np.ndarra
                 "crops must be one H x W crop or a batch: N x H x W, N x 1 x H x W or N x H x "
                 f"W x 3/4; got {'shape ' + str(arr.shape) if arr.dtype != object else 'objects'}"
             )
-        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[1] > 4):
-            arr = arr[None]  # one crop: gray H x W, or colour H x W x 3 (or x 4)
-        elif arr.ndim == 4 and arr.shape[1] == 1:
-            arr = arr[:, 0]
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
+            arr = arr[None]  # one crop: gray H x W (or x 1), colour H x W x 3 (or x 4)
         elif arr.ndim == 4 and arr.shape[3] not in (1, 3, 4):
-            raise ImageError(
-                f"crops of shape {arr.shape}: a batch of colour crops is N x H x W x 3 (or x 4), "
-                "of gray ones N x H x W or N x 1 x H x W"
-            )
+            if arr.shape[1] == 1:
+                arr = arr[:, 0]
+            elif arr.shape[1] in (3, 4) and min(arr.shape[2:]) > 4:
+                raise _chw_error("crops", arr.shape)
+            else:
+                raise ImageError(
+                    f"crops of shape {arr.shape}: a batch of colour crops is N x H x W x 3 (or "
+                    "x 4), of gray ones N x H x W or N x 1 x H x W"
+                )
         if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1:] == (size, size):
             return np.ascontiguousarray(arr)  # the common case: nothing to convert
-        items = list(arr)
+        items = [(c, False) for c in arr]
     out = np.empty((len(items), size, size), dtype=np.uint8)
-    for i, crop in enumerate(items):
-        try:
-            pixels, _ = _from_array(crop, color, max_side=max(crop.shape[:2]) or 1)
-        except ImageError as exc:
-            raise ImageError(f"crop {i}: {exc}") from None
+    for i, (crop, decoded) in enumerate(items):
+        pixels = crop
+        if not decoded:
+            try:
+                pixels, _ = _from_array(crop, color, max_side=max(crop.shape[:2]) or 1)
+            except ImageError as exc:
+                raise ImageError(f"crop {i}: {exc}") from None
         out[i] = resize(to_gray(pixels), size, size)
     return out
 
@@ -334,10 +315,19 @@ def lift_contrast(faces: np.ndarray, min_std: float = LOW_CONTRAST_STD,
 
 
 def _check_margin(margin) -> float:
-    if not float(margin) > -1:
-        raise ValueError(f"margin must be > -1 (the crop's side is (1 + margin) x the face "
-                         f"box's longer side), not {margin}")
+    """``margin`` as a float: a finite real number over -1 (not a bool or a string)."""
+    if (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
+            or not math.isfinite(margin) or not margin > -1):
+        raise ValueError(f"margin must be a finite number > -1 (the crop's side is (1 + "
+                         f"margin) x the face box's longer side), not {margin!r}")
     return float(margin)
+
+
+def _check_count(name: str, value) -> int:
+    """``value`` as an int: a whole number (an int type, not a bool or a float) of 1 or more."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _resolve_model(model) -> tuple[nn.Module, dict]:
@@ -365,6 +355,11 @@ class Recognizer:
     or flat photos) are rescaled to its typical contrast first (`lift_contrast`); False
     classifies them as they are (as ``ferkit eval`` scores dataset images).
 
+    ``max_side``: images are shrunk on loading to at most this many pixels on a side;
+    ``batch_size``: faces per forward pass. The options are checked before anything loads,
+    each a ValueError naming it: ``margin`` must be a finite number over -1, ``max_side``
+    and ``batch_size`` whole numbers (int types) of at least 1, ``auto_contrast`` a bool.
+
     ``backend="onnx"`` runs the classifier with onnxruntime on the CPU (``pip install
     'ferkit[export]'``), with the same preprocessing, TTA and softmax as ``"torch"``:
     ``model`` may then also be an ``.onnx`` file written by `ferkit.export.export_onnx`;
@@ -386,12 +381,12 @@ class Recognizer:
     ) -> None:
         if tta not in TTA_MODES:  # the options first: nothing loads for a wrong one
             raise ValueError(f"unknown tta {tta!r}; use one of {', '.join(TTA_MODES)}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        if int(max_side) < 1:
-            raise ValueError(f"max_side must be at least 1, not {max_side}")
+        batch_size = _check_count("batch_size", batch_size)
+        max_side = _check_count("max_side", max_side)
         if margin is not None:
             _check_margin(margin)
+        if not isinstance(auto_contrast, (bool, np.bool_)):  # "no" would be taken as True
+            raise ValueError(f"auto_contrast must be True or False, not {auto_contrast!r}")
         self.detector = get_detector(detector)
         if backend == "onnx":
             from .export import onnx_backend
@@ -432,8 +427,8 @@ class Recognizer:
                       else prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN)))
         self.margin = _check_margin(margin)
         self.tta = tta
-        self.max_side = int(max_side)
-        self.batch_size = int(batch_size)
+        self.max_side = max_side
+        self.batch_size = batch_size
         self.auto_contrast = bool(auto_contrast)
 
     def prepare(self, crops, color: str = "rgb") -> np.ndarray:
@@ -447,12 +442,15 @@ class Recognizer:
         """Class probabilities (N x C) of face crops, each already cut around one face (no
         detection; as FER2013's images are).
 
-        ``crops``: one crop (H x W gray, 1 x H x W, or H x W x 3 / x 4 colour) or a batch:
-        N x H x W gray, N x 1 x H x W, N x H x W x 3 (RGB, or BGR with ``color="bgr"``) or
-        x 4 (alpha over white), or a list of such crops; values as `predict` takes them
-        (uint8, 16-bit, float in 0..1, ...). Crops of another size than the model's
-        (48 x 48) are resized to it; with ``auto_contrast``, low-contrast crops are lifted
-        (`prepare`).
+        ``crops``: one crop (a PIL image, H x W gray, 1 x H x W, or H x W x 3 / x 4 colour)
+        or a batch: N x H x W gray, N x 1 x H x W, N x H x W x 3 (RGB, or BGR with
+        ``color="bgr"``) or x 4 (alpha over white), or a list of such crops; values as
+        `predict` takes them (uint8, 16-bit, float in 0..1, ...). A 3-D array whose last
+        axis is 1, 3 or 4 is one crop (H x W x C); any other is N gray crops, so a colour
+        crop must be H x W x 3, not 3 x H x W (`as_face_crops` has the rules). PIL images
+        are decoded as `predict` decodes them (EXIF orientation, CMYK, palette, alpha over
+        white, 16-bit). Crops of another size than the model's (48 x 48) are resized to it;
+        with ``auto_contrast``, low-contrast crops are lifted (`prepare`).
         """
         return self._probs(self.prepare(crops, color))
 

@@ -138,7 +138,10 @@ def load_data(
 ) -> tuple[FaceSet, FaceSet, str]:
     """``(train, val, val_name)``: the recipe's splits of `data` (a path any reader takes, or
     a `FaceSet`); ``val_name`` says what the selection split is (``val_split``, or the part
-    of the training split held out by ``val_fraction`` where the data has no ``val_split``)."""
+    of the training split held out by ``val_fraction`` where the data has no ``val_split``).
+    A ``val_split`` without a single labelled row (Kaggle's test.csv taken as PublicTest)
+    counts as absent: ``val_fraction`` then holds out part of the training split, never of a
+    test split."""
     faces, data, base = faces_from(data)  # data: its name in messages from here on
     if recipe.dataset == "ferplus" and list(faces.class_names) != list(FERPLUS_CLASSES):
         # FER2013 faces get their FER+ labels; a FaceSet with FER+ labels keeps its own
@@ -151,17 +154,23 @@ def load_data(
         )
     train = faces.subset(recipe.train_splits)
     wanted = [recipe.val_split] if isinstance(recipe.val_split, str) else list(recipe.val_split)
-    if all(s in faces.split_names for s in wanted):
+    absent = [s for s in wanted if s not in faces.split_names]
+    # a split of no labels (Kaggle's test.csv) cannot select an epoch: as good as absent
+    unlabelled = [s for s in wanted if s not in absent
+                  and not (faces.labels[faces.splits == s] >= 0).any()]
+    if not absent and not unlabelled:
         val, val_name = faces.subset(recipe.val_split), recipe.val_split
     elif recipe.val_fraction > 0:
         train, val = hold_out(train, recipe.val_fraction, recipe.seed)
         val_name = f"{recipe.val_fraction:.0%} of {'+'.join(recipe.train_splits)} (held out)"
     else:
         raise DataError(
-            f"{data}: no validation split {[s for s in wanted if s not in faces.split_names]}; "
-            f"it has {faces.split_names}: set recipe key val_split to one of its splits, or "
-            "val_fraction to hold out part of the training split for selection (e.g. --set "
-            "val_fraction=0.1)"
+            f"{data}: "
+            + (f"no validation split {absent}; it has {faces.split_names}" if absent else
+               f"the validation split {unlabelled} is unlabelled (not one row has a label, as "
+               "in a Kaggle test.csv without an emotion column)")
+            + ": set recipe key val_split to one of its labelled splits, or val_fraction to "
+            "hold out part of the training split for selection (e.g. --set val_fraction=0.1)"
         )
     for name, part in (("training", train), ("validation", val)):
         if (part.labels < 0).any():

@@ -35,11 +35,17 @@ class FaceSet:
     """Gray 48 x 48 face images with labels and the split of each row.
 
     - ``images``: uint8, N x 48 x 48.
-    - ``labels``: int64, N; -1 where a row has no label (e.g. Kaggle's test.csv).
+    - ``labels``: int64, N; class indices 0..C-1 (C = ``len(class_names)``), -1 where a row
+      has no label (e.g. Kaggle's test.csv).
     - ``splits``: N strings (``Training``, ``PublicTest``, ``PrivateTest``, or a folder's own
       split names such as ``validation``).
     - ``index``: int64, N; the row number in the original file (0..N-1 where it has none).
     - ``soft_labels``: optional float32 N x C target distributions (FER+ votes).
+
+    Anything else is a `DataError` when the FaceSet is made, naming the array, its shape and,
+    for labels, the first bad value and its index: images of another dtype or size, labels
+    that are not one class index per image (an N x 1 column, N x C one-hot rows, fractions
+    such as 0.9; whole numbers in a float array are taken), splits that are not N names.
     - ``source``: where it came from; ``info``: reader notes (md5, layout, warnings, and
       ``notes``: one-line remarks `ferkit.data.load` prints).
 
@@ -58,32 +64,29 @@ class FaceSet:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n = len(self.images)
-        if self.images.dtype != np.uint8 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(
-                f"images must be uint8 N x 48 x 48, got {self.images.dtype} {self.images.shape}"
-            )
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        self.splits = np.asarray(self.splits, dtype=str)
         self.class_names = tuple(self.class_names)
+        self.images = _checked_images(self.images)
+        n = len(self.images)
+        self.labels = _checked_labels(self.labels, n, self.class_names)
+        self.splits = _checked_rows("splits", self.splits, n, "split names", dtype=str)
         if self.index is None:
             self.index = np.arange(n, dtype=np.int64)
             # rows renumbered (e.g. a subset rebuilt without its index): no longer ICML rows
             if self.info.get("icml_rows"):
                 self.info = {k: v for k, v in self.info.items() if k != "icml_rows"}
         else:
-            self.index = np.asarray(self.index, dtype=np.int64)
-        for name, arr in (("labels", self.labels), ("splits", self.splits), ("index", self.index)):
-            if len(arr) != n:
-                raise DataError(f"{name} has {len(arr)} rows, images {n}")
-        if self.soft_labels is not None and self.soft_labels.shape != (n, len(self.class_names)):
-            raise DataError(
-                f"soft_labels must be N x {len(self.class_names)}, got {self.soft_labels.shape}"
-            )
-        if n and self.labels.min() < -1:
-            raise DataError(f"label {self.labels.min()} is negative (-1 marks an unlabelled row)")
-        if n and self.labels.max(initial=-1) >= len(self.class_names):
-            raise DataError(f"label {self.labels.max()} out of range for {len(self.class_names)} classes")
+            index = _checked_rows("index", self.index, n, "row numbers")
+            if index.dtype.kind not in "iu":
+                raise DataError(f"index must be N integer row numbers, got {index.dtype}")
+            self.index = index.astype(np.int64, copy=False)
+        if self.soft_labels is not None:
+            soft = np.asarray(self.soft_labels)
+            if soft.shape != (n, len(self.class_names)) or soft.dtype.kind not in "fiu":
+                raise DataError(
+                    f"soft_labels must be N x {len(self.class_names)} numbers (one "
+                    f"distribution per image), got {soft.dtype} {soft.shape}"
+                )
+            self.soft_labels = soft.astype(np.float32, copy=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -240,6 +243,95 @@ class FaceSet:
         from .readers import load
 
         return load(path, **kwargs)
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # e.g. a ragged list
+        raise DataError(f"{name}: not an array ({exc})") from None
+
+
+def _checked_images(images) -> np.ndarray:
+    """`images` as uint8 N x 48 x 48, or a DataError saying what they are instead."""
+    arr = _as_array("images", images)
+    if arr.dtype == np.uint8 and arr.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE) and arr.ndim == 3:
+        return arr
+    hint = ""
+    if arr.dtype != np.uint8 and arr.dtype.kind in "fiub":
+        hint = "; gray values 0..255: scale them to that range and use .astype(np.uint8)"
+    elif arr.ndim == 4:
+        hint = "; gray images only: one channel, N x 48 x 48 (e.g. a colour image's luma)"
+    elif arr.ndim == 3:
+        hint = "; resize them to 48 x 48 (ferkit.data.folders.read_image reads any image file)"
+    raise DataError(
+        f"images must be uint8 N x 48 x 48, got {arr.dtype} {arr.shape}{hint}"
+    )
+
+
+def _checked_rows(name: str, value, n: int, what: str, dtype=None) -> np.ndarray:
+    """`value` as a 1-D array of `n` rows (one per image), else a DataError."""
+    arr = _as_array(name, value) if dtype is None else np.asarray(value, dtype=dtype)
+    if arr.ndim != 1:
+        hint = ""
+        if arr.ndim == 0:
+            hint = " (one for each image: repeat a single value, e.g. [value] * N)"
+        elif arr.ndim == 2 and arr.shape[1] == 1:
+            hint = " (a column: flatten it, e.g. .ravel())"
+        raise DataError(f"{name} must be 1-D, N {what}, got shape {arr.shape}{hint}")
+    if len(arr) != n:
+        raise DataError(f"{name} has {len(arr)} rows, images {n}")
+    return arr
+
+
+def _checked_labels(labels, n: int, class_names: tuple[str, ...]) -> np.ndarray:
+    """`labels` as int64 N class indices in -1..C-1, else a DataError naming the first bad one."""
+    k = len(class_names)
+    arr = _as_array("labels", labels)
+    if arr.ndim == 2 and arr.shape[1] == k and k > 1:
+        raise DataError(
+            f"labels must be 1-D, N class indices, got shape {arr.shape}: one row of {k} "
+            "values per image (one-hot or votes)? give the class indices (e.g. "
+            "labels.argmax(axis=1)) and any distributions as soft_labels"
+        )
+    arr = _checked_rows("labels", arr, n, "class indices")
+    if arr.dtype.kind == "O":  # e.g. a list mixing numbers and None
+        values = arr.tolist()
+        first = next((i for i, v in enumerate(values)
+                      if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
+        if first is not None:
+            raise DataError(
+                f"labels must be integer class indices; label {values[first]!r} at index "
+                f"{first} is not a number"
+            )
+        arr = np.array(values, dtype=np.float64)
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(
+                f"labels must be integer class indices; label {arr[i].item()!r} at index {i} is "
+                "not a whole number (fractions are not rounded: give the class of each image)"
+            )
+    elif arr.dtype.kind not in "iu":
+        example = f" such as {arr[0].item()!r}" if len(arr) else ""
+        raise DataError(
+            f"labels must be integer class indices 0..{k - 1} (-1: no label), got "
+            f"{arr.dtype}{example}"
+            + (f"; map names to indices by class_names {list(class_names)}"
+               if arr.dtype.kind in "US" else "")
+        )
+    bad = np.flatnonzero((arr < -1) | (arr >= k))
+    if len(bad):
+        i = int(bad[0])
+        value = arr[i].item()
+        raise DataError(
+            f"label {int(value) if float(value).is_integer() else value} at index {i} is out "
+            f"of range: labels are 0..{k - 1} for the {k} classes, or -1 for a row without "
+            "a label"
+        )
+    return arr.astype(np.int64, copy=False)
 
 
 def _legacy_icml_rows(info: dict) -> bool:

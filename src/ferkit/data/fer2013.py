@@ -33,6 +33,30 @@ NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 COMPRESSED_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}
 #: Columns (lower case) that only a FER+ votes file (``fer2013new.csv``) has.
 FERPLUS_MARKERS = frozenset({"contempt", "unknown", "nf"})
+#: How many characters of a CSV header (or of one of its fields) messages show.
+HEADER_SHOWN = 120
+FIELD_SHOWN = 30
+#: A field of whitespace-separated integers, ten or more: pixel values, not a column name.
+_PIXEL_FIELD = re.compile(r"\s*[0-9]+(?:\s+[0-9]+){9,}\s*")
+
+
+def shown_header(header: list[str]) -> str:
+    """A CSV header as messages show it: each field and the whole cut to a readable length
+    (a data row taken for the header would otherwise print thousands of pixel values)."""
+    fields = [f if len(f) <= FIELD_SHOWN else f[: FIELD_SHOWN - 3] + "..." for f in header]
+    text = repr(fields)
+    if len(text) <= HEADER_SHOWN:
+        return text
+    return text[: HEADER_SHOWN - 4] + f"...] ({len(header)} fields)"
+
+
+def _looks_like_data(header: list[str]) -> bool:
+    """Whether a CSV's first line is a data row rather than a header: a field of pixel values,
+    or only numbers and split names (e.g. ``0,...,Training``)."""
+    fields = [f.strip() for f in header]
+    if any(_PIXEL_FIELD.fullmatch(f) for f in fields):
+        return True
+    return any(f.isdigit() for f in fields) and all(f.isdigit() or f in SPLITS for f in fields)
 
 
 def read_text(path: Path) -> tuple[str, str]:
@@ -105,13 +129,19 @@ def read_fer2013_csv(
             f"number, e.g. `ferkit data check fer2013.csv --ferplus {path.name}` (per-split "
             "FER+ class table), or ferplus_csv in a recipe / --ferplus for eval"
         )
+    if "pixels" not in columns and _looks_like_data(header):
+        raise DataError(
+            f"{path}: the first line looks like a data row ({shown_header(header)}), not a "
+            "header: the CSV needs a header line naming its columns, e.g. emotion,pixels,Usage "
+            "(Kaggle's train.csv: emotion,pixels; its test.csv: pixels)"
+        )
     if "pixels" not in columns:
-        raise DataError(f"{path}: no 'pixels' column in header {header}")
+        raise DataError(f"{path}: no 'pixels' column in header {shown_header(header)}")
     has_usage = "usage" in columns
     if not has_usage and default_split is None:
         raise DataError(
-            f"{path}: no 'Usage' column in header {header} (for Kaggle's train.csv + test.csv, "
-            "pass the folder holding both)"
+            f"{path}: no 'Usage' column in header {shown_header(header)} (for Kaggle's "
+            "train.csv + test.csv, pass the folder holding both)"
         )
     col_pix, col_lab, col_use = columns["pixels"], columns.get("emotion"), columns.get("usage")
     width = len(header)
@@ -125,7 +155,9 @@ def read_fer2013_csv(
         where = f"{path}, line {row_no}"
         try:
             if len(row) != width:
-                raise DataError(f"{where}: expected {width} fields {header}, got {len(row)}")
+                raise DataError(
+                    f"{where}: expected {width} fields {shown_header(header)}, got {len(row)}"
+                )
             img = parse_pixels(row[col_pix], where)
             label = -1
             if col_lab is not None:

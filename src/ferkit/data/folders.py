@@ -9,6 +9,9 @@
 - generic class folders ``<root>/<class>/*`` (split ``all``): FER2013's 7 classes when every
   folder is one of them (or an alias), else the folders' own names, sorted.
 
+In every class-folder layout the images in sub-folders of a class folder are of its class, as
+in torchvision's ``ImageFolder``.
+
 Image folders do not keep the ICML row numbers, so FER+ cannot be joined to them (see
 `ferkit.data.ferplus.joined_votes`).
 """
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,36 +79,24 @@ def _natural(name: str) -> list:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """One image file as uint8 48 x 48 gray (any PIL mode; resized bilinearly if needed)."""
+    """One image file as uint8 48 x 48 gray, decoded as `ferkit.Recognizer` decodes it
+    (`ferkit.imagedecode`: EXIF orientation, 16-bit data by the bit depth it uses, alpha and
+    palette transparency over white, any PIL mode) and made gray as its face crops are
+    (ITU-R 601 luma, OpenCV's rounding); resized to 48 x 48 if it is not, as
+    `ferkit.Recognizer.classify` resizes a crop (area averaging when shrinking, bilinear
+    when enlarging)."""
     from PIL import Image
+
+    from ..imagedecode import decode_pil, resize, to_gray
 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im.load()
-            gray = _to_gray(im)
-            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8).copy()
+            pixels, _ = decode_pil(im, owned=True)
+        gray = resize(to_gray(pixels), IMAGE_SIZE, IMAGE_SIZE)
+        return np.array(gray, dtype=np.uint8)  # a writable copy, not PIL's memory
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-
-
-def _to_gray(im):
-    """A PIL image in mode ``L``: colour by luma, alpha dropped, 16-bit scaled to 8-bit."""
-    from PIL import Image
-
-    mode = im.mode
-    if mode == "L":
-        return im
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
-            a = a / 257.0  # 0..65535 -> 0..255
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
-    if mode == "P":  # via RGBA, so that palette transparency does not warn
-        im = im.convert("RGBA")
-    return im.convert("L")
 
 
 def _progress(items: list, desc: str):
@@ -121,7 +113,8 @@ def _progress(items: list, desc: str):
 
 
 def _folder_key(root: Path, files: list[Path], extra: dict) -> str:
-    """Cache key: folder, layout, file count, names, total size and newest modification time."""
+    """Cache key: folder, layout, file count, names, total size and newest modification time
+    (and, in ``extra``, the reader's version; for image folders the image decoding's)."""
     newest, size = root.stat().st_mtime_ns, 0
     names = hashlib.sha1()
     for f in files:
@@ -146,6 +139,14 @@ def _folder_key(root: Path, files: list[Path], extra: dict) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
+def _decoding_version() -> int:
+    """`ferkit.imagedecode.DECODING_VERSION`, for image folders' cache keys (imported when a
+    folder of images is read: it imports PIL)."""
+    from ..imagedecode import DECODING_VERSION
+
+    return DECODING_VERSION
+
+
 def _cached(root: Path, files: list[Path], extra: dict, cache: bool, build) -> FaceSet:
     key = _folder_key(root, files, extra)
     if cache and (hit := readers._read_cached(root, key)) is not None:
@@ -166,7 +167,24 @@ def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = T
     ``info["skipped"]`` (`ferkit.data.load` prints them); without it, it is a `DataError`
     naming the file. Reads are cached like the CSVs (see `ferkit.data.readers.cache_dir`).
     """
-    root = Path(path)
+    _, read = _layout(Path(path), skip_bad, cache)
+    return read()
+
+
+def dataset_files(path: str | os.PathLike) -> list[Path]:
+    """The files `ferkit.data.load` reads for `path`, without reading them: `path` itself
+    for a file; for a folder those of its layout (its CSV, train.csv + test.csv, or the
+    images of its class folders). A folder of no known layout is the `DataError` that
+    `load_folder` gives."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files, _ = _layout(path, skip_bad=False, cache=False)
+    return files
+
+
+def _layout(root: Path, skip_bad: bool, cache: bool) -> tuple[list[Path], Callable[[], FaceSet]]:
+    """``(files, read)``: the files the layout of folder `root` reads, and what reads them."""
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     entries = [e for e in os.scandir(root) if _visible(e)]
@@ -179,16 +197,22 @@ def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = T
     for folder_files in (files, _files_of(dirs.get("fer2013"))):
         for name in CSV_NAMES:
             if name in folder_files:
-                faces = readers.load_csv(folder_files[name], skip_bad=skip_bad, cache=cache)
-                faces.info = {**faces.info, "folder": str(root)}
-                return faces
+                csv_path = folder_files[name]
+
+                def read_csv(csv_path: Path = csv_path) -> FaceSet:
+                    faces = readers.load_csv(csv_path, skip_bad=skip_bad, cache=cache)
+                    faces.info = {**faces.info, "folder": str(root)}
+                    return faces
+
+                return [csv_path], read_csv
     # 2. Kaggle train.csv + test.csv
     if "train.csv" in files and "test.csv" in files:
         train, test = files["train.csv"], files["test.csv"]
-        return _cached(
+        # reader 2: the split assumption is a note (a cache entry of before is read again)
+        return [train, test], lambda: _cached(
             root,
             [train, test],
-            {"layout": "kaggle", "skip_bad": skip_bad},
+            {"layout": "kaggle", "skip_bad": skip_bad, "reader": 2},
             cache,
             lambda: _read_kaggle(root, train, test, skip_bad),
         )
@@ -238,10 +262,12 @@ def load_folder(path: str | os.PathLike, skip_bad: bool = False, cache: bool = T
     if not items:
         raise DataError(f"{root}: no images in the class folders ({extra['layout']} layout)")
     paths = [p for p, _, _ in items]
-    return _cached(
+    # reader 2: class folders are read with their sub-folders (entries of before: read again);
+    # decoding: images decoded otherwise before (`ferkit.imagedecode`) are read again too
+    return paths, lambda: _cached(
         root,
         paths,
-        {**extra, "skip_bad": skip_bad},
+        {**extra, "skip_bad": skip_bad, "reader": 2, "decoding": _decoding_version()},
         cache,
         lambda: _read_images(root, items, extra, ignored, skip_bad),
     )
@@ -275,9 +301,12 @@ def _files_of(folder: Path | None) -> dict[str, Path]:
 def _class_folder_items(
     folder: Path, split: str | None, ignored: list[str], classes: list[str] | None = None
 ) -> list[tuple[Path, int, str | None]]:
-    """(file, label, split or None for 'from the test prefix') for ``folder/<class>/*``.
+    """(file, label, split or None for 'from the test prefix') for ``folder/<class>/**``.
 
     ``classes``: the class names, label = position; None: FER2013's, by `CLASS_ALIASES`.
+    As in torchvision's ``ImageFolder``, the images in the sub-folders of a class folder, at
+    any depth and through links, are of that class (see `_images_under` for the order); the
+    non-image files met on the way are appended to ``ignored`` (files only, never folders).
     """
     items = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
@@ -300,14 +329,39 @@ def _class_folder_items(
                     f"{_accepted_classes()}"
                 )
             label = FER2013_CLASSES.index(cls)
-        for f in sorted(os.scandir(entry.path), key=lambda e: _natural(e.name)):
-            if not _visible(f):
-                continue
-            if f.is_file() and os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS:
-                items.append((Path(f.path), label, split))
-            else:
-                ignored.append(f.path)
+        items += [(f, label, split) for f in _images_under(Path(entry.path), ignored)]
     return items
+
+
+def _images_under(
+    folder: Path, ignored: list[str], above: frozenset[str] = frozenset()
+) -> list[Path]:
+    """The image files (by extension) in `folder` and its sub-folders, at any depth: each
+    folder's files in natural name order (``2.png`` before ``10.png``), then its sub-folders
+    in that order, one after the other. Hidden entries (``.*``, ``__*``) are skipped; other
+    non-image files go to `ignored`. Links are followed, except a link to a folder `above`
+    (one it is in): its images are read already, and it would loop."""
+    real = os.path.realpath(folder)
+    if real in above:
+        return []
+    above = above | {real}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: _natural(e.name))
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list this folder ({exc.strerror or exc})") from None
+    images, subfolders = [], []
+    for f in entries:
+        if not _visible(f):
+            continue
+        if f.is_dir():
+            subfolders.append(Path(f.path))
+        elif os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS:
+            images.append(Path(f.path))  # one that cannot be read is reported by the reader
+        else:
+            ignored.append(f.path)
+    for sub in subfolders:
+        images += _images_under(sub, ignored, above)
+    return images
 
 
 def _read_images(
@@ -392,15 +446,20 @@ def _read_kaggle(root: Path, train: Path, test: Path, skip_bad: bool) -> FaceSet
     info["file_rows"] = n_train + n_test
     te_index = te.index + n_train
     te_splits = te.splits
-    if "usage" not in [c.lower() for c in te.info.get("columns", [])]:
+    columns = [c.lower() for c in te.info.get("columns", [])]
+    if "usage" not in columns:
         half = n_test // 2
         te_splits = np.where(te.index < half, "PublicTest", "PrivateTest")
         info["split_assumption"] = (
             f"test.csv has no Usage column: its first {half} rows are taken as PublicTest and "
             f"the other {n_test - half} as PrivateTest (the ICML order, 3589 + 3589 in the "
-            "original); its labels are unknown (-1)"
+            "original); "
+            + ("its labels are read from its emotion column" if "emotion" in columns else
+               "it has no emotion column, so its labels are unknown (-1)")
             + ("; ODD row count, so the halves cannot be the ICML ones" if n_test % 2 else "")
         )
+        # a note, so that every read says it (ferkit.data.load prints notes; data check too)
+        info["notes"] = [f"{root}: {info['split_assumption']}"]
     if tr_skipped or te_skipped:
         info["skipped"] = tr_skipped + te_skipped
     return FaceSet(
@@ -413,4 +472,4 @@ def _read_kaggle(root: Path, train: Path, test: Path, skip_bad: bool) -> FaceSet
     )
 
 
-__all__ = ["CLASS_ALIASES", "RESPLIT_WARNING", "load_folder", "read_image"]
+__all__ = ["CLASS_ALIASES", "RESPLIT_WARNING", "dataset_files", "load_folder", "read_image"]
