@@ -919,6 +919,18 @@ def test_resume_refuses_a_length_it_cannot_train(pack, tmp_path):
         fit(tiny_recipe(epochs=2), pack, out, device="cpu", resume=True, progress=False)
 
 
+def test_resume_from_a_truncated_state_names_the_file(pack, tmp_path):
+    """A state file cut short (an interrupted copy) is one message naming it, not torch's
+    unpickling error."""
+    out = tmp_path / "run"
+    fit(tiny_recipe(epochs=1), pack, out, device="cpu", progress=False)
+    state = out / "last.state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"last\.state\.pt: unreadable training state .*"
+                                         r"--init-from"):
+        fit(tiny_recipe(epochs=2), pack, out, device="cpu", resume=True, progress=False)
+
+
 def test_val_fraction_holds_out_a_stratified_part(env, tmp_path):
     from ferkit.train import hold_out
 

@@ -573,7 +573,15 @@ class Trainer:
     def _resume(self) -> None:
         self._check_resumed_data()
         file = self.out / "last.state.pt"
-        s = torch.load(file, map_location=self.device, weights_only=False)
+        try:
+            s = torch.load(file, map_location=self.device, weights_only=False)
+        except Exception as exc:  # truncated (a copy cut short) or not a saved state at all
+            raise ValueError(
+                f"{file}: unreadable training state ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); the run cannot "
+                "resume from it. Its best/last checkpoints are separate files: --init-from "
+                "the run folder starts a new run from its best weights"
+            ) from None
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         if self.ema is not None and s["ema"] is not None:
