@@ -87,9 +87,9 @@ def test_overrides_still_set_nested_keys():
 @pytest.mark.parametrize("options,expected", [
     ({"cbam_ratio": 0}, "option cbam_ratio must be a whole number >= 1, not 0"),
     ({"cbam_ratio": -1}, "option cbam_ratio must be a whole number >= 1"),
-    ({"stem_channels": (-1, 8)}, "option stem_channels must be a list of 2 whole numbers"),
-    ({"stem_channels": (0, 4)}, "option stem_channels must be a list of 2 whole numbers"),
-    ({"stem_channels": (16, 32, 64)}, "option stem_channels must be a list of 2"),
+    ({"stem_channels": (-1, 8)}, "option stem_channels must be a list of whole numbers >= 1"),
+    ({"stem_channels": (0, 4)}, "option stem_channels must be a list of whole numbers >= 1"),
+    ({"stem_channels": (16, 32, 64)}, "stem_channels must be two widths"),
     ({"separable": "no"}, "option separable must be true or false, not 'no'"),
     ({"dropout": 1.0}, "option dropout must be a fraction in [0, 1), not 1.0"),
     ({"dropout": True}, "option dropout must be a fraction in [0, 1)"),
@@ -104,8 +104,17 @@ def test_bad_model_options_name_the_option(options, expected):
         Recipe.from_dict({"model": "mba_cnn", "model_options": {key: value}})
 
 
+def test_resnet_stages_are_checked():
+    with pytest.raises(ValueError, match="depths and widths must be as long .* got 2 and 1"):
+        ferkit.create_model("resnet18", depths=[1, 1], widths=[8])
+    with pytest.raises(ValueError, match="option depths must be a list of whole numbers"):
+        ferkit.create_model("resnet18", depths=[])
+
+
 def test_good_model_options_still_build():
     model = ferkit.create_model("mba_cnn", stem_channels=[8, 16], cbam_ratio=16, dropout=0,
                                 separable=False)
     assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
     assert ferkit.create_model("resnet18", depths=[1, 1, 1, 1], widths=[8, 16, 32, 64])
+    tiny = ferkit.create_model("resnet18", depths=[1], widths=[8])  # one stage: fine
+    assert tiny(torch.zeros(1, 1, 48, 48)).shape == (1, 7)

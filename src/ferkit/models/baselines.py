@@ -124,6 +124,9 @@ class ResNet18(nn.Module):
     ):
         super().__init__()
         self.in_chans = in_chans
+        if len(depths) != len(widths):
+            raise ValueError(f"depths and widths must be as long (one of each per stage), "
+                             f"got {len(depths)} and {len(widths)}")
         self.stem = ConvBNReLU(in_chans, widths[0])
         stages = []
         prev = widths[0]

@@ -54,6 +54,9 @@ class MBACNN(nn.Module):
             raise ValueError(f"branches must be 1 or 3, got {branches}")
         self.in_chans = in_chans
         conv = DepthwiseSeparableConv if separable else ConvBNReLU
+        if len(stem_channels) != 2:
+            raise ValueError(f"stem_channels must be two widths (first conv, second conv), "
+                             f"got {len(stem_channels)}")
         c0, c1 = stem_channels
         self.stem = nn.Sequential(ConvBNReLU(in_chans, c0), ConvBNReLU(c0, c1))
         self.module1 = DSCCBAM(c1, 128, cbam_ratio, separable, attention)

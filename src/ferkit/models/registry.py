@@ -62,7 +62,7 @@ def model_spec(name: str) -> ModelSpec:
 def _option_problem(value, default) -> str | None:
     """What a model option's value should be, where it is not that (by its default's kind):
     a bool for a switch, a whole number >= 1 for a count or size, a fraction in [0, 1) for a
-    rate, a list of as many whole numbers >= 1 for widths and depths."""
+    rate, a list of whole numbers >= 1 for widths and depths."""
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, numbers.Integral):
@@ -73,10 +73,10 @@ def _option_problem(value, default) -> str | None:
         ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
               and 0 <= value < 1)
         return None if ok else "a fraction in [0, 1)"
-    if isinstance(default, tuple | list):
-        ok = (isinstance(value, tuple | list) and len(value) == len(default)
-              and all(_option_problem(v, d) is None for v, d in zip(value, default, strict=True)))
-        return None if ok else f"a list of {len(default)} whole numbers >= 1"
+    if isinstance(default, tuple | list):  # how many: the model's own check (stages, ...)
+        ok = (isinstance(value, tuple | list) and len(value) > 0
+              and all(_option_problem(v, default[0]) is None for v in value))
+        return None if ok else "a list of whole numbers >= 1"
     return None
 
 
