@@ -160,6 +160,72 @@ def test_sub_folders_through_links_and_loops(tmp_path, make_images):
     np.testing.assert_array_equal(faces.images, imgs)
 
 
+def test_links_elsewhere_in_the_dataset_are_not_followed(tmp_path, make_images):
+    """A link to a folder read already (latest -> v1), to another class's folder or file,
+    above, or to nothing is not followed: each image once, with its own class; a note."""
+    imgs = make_images(3)
+    root = tmp_path / "faces"
+    save_png(root / "happy" / "v1" / "1.png", imgs[0])
+    save_png(root / "happy" / "v1" / "2.png", imgs[1])
+    save_png(root / "sad" / "3.png", imgs[2])
+    (root / "happy" / "latest").symlink_to("v1", target_is_directory=True)
+    (root / "sad" / "also").symlink_to("../happy", target_is_directory=True)
+    (root / "sad" / "up").symlink_to("..", target_is_directory=True)
+    (root / "happy" / "v1" / "stolen.png").symlink_to("../../sad/3.png")
+    (root / "happy" / "v1" / "gone.png").symlink_to("nowhere.png")
+    faces = load(root, cache=False)
+    assert faces.labels.tolist() == [3, 3, 4]
+    np.testing.assert_array_equal(faces.images, imgs)
+    (note,) = faces.info["notes"]
+    assert note.startswith(f"{root}: did not follow 5 link(s)")
+    for link in ("latest", "stolen.png", "gone.png -> nowhere.png (missing)"):
+        assert link in note
+
+
+def test_a_chain_of_links_is_walked_once(tmp_path, make_images):
+    """Folders that each link twice to the next: every real folder is walked once (not
+    2 ** depth times)."""
+    root = tmp_path / "faces"
+    save_png(root / "sad" / "0.png", make_images(1)[0])
+    chain = [tmp_path / "chain" / f"c{i}" for i in range(20)]
+    save_png(chain[-1] / "end.png", make_images(1)[0])
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.mkdir(parents=True, exist_ok=True)
+        (a / "x").symlink_to(b, target_is_directory=True)
+        (a / "y").symlink_to(b, target_is_directory=True)
+    (root / "happy").mkdir()
+    (root / "happy" / "start").symlink_to(chain[0], target_is_directory=True)
+    faces = load(root, cache=False)
+    assert faces.labels.tolist() == [3, 4]
+
+
+def test_two_class_folders_that_are_one_are_refused(tmp_path, make_images):
+    root = tmp_path / "faces"
+    save_png(root / "happy" / "1.png", make_images(1)[0])
+    (root / "sad").symlink_to(root / "happy", target_is_directory=True)
+    with pytest.raises(DataError, match="are the same folder"):
+        load(root, cache=False)
+
+
+def test_a_class_folder_of_two_splits_is_refused(tmp_path, make_images):
+    """train/happy a link to test/happy: test images would be trained on."""
+    root = tmp_path / "splits"
+    save_png(root / "test" / "happy" / "PublicTest_1.png", make_images(1)[0])
+    save_png(root / "train" / "sad" / "1.png", make_images(1)[0])
+    (root / "train" / "happy").symlink_to(root / "test" / "happy", target_is_directory=True)
+    with pytest.raises(DataError, match="read already for another split"):
+        load(root, cache=False)
+
+
+def test_order_does_not_depend_on_the_listing(tmp_path, make_images):
+    """Names that natural order cannot tell apart (01 / 1, A / a) are ordered by name."""
+    from ferkit.data.folders import _natural
+
+    names = ["a.png", "A.png", "1.png", "01.png", "10.png", "2.png"]
+    assert sorted(names, key=_natural) == sorted(reversed(names), key=_natural)
+    assert sorted(names, key=_natural)[:2] == ["01.png", "1.png"]
+
+
 def test_sub_folders_in_split_folders_and_own_classes(tmp_path, make_images):
     imgs = make_images(4)
     root = tmp_path / "splits"
@@ -214,6 +280,12 @@ def test_faceset_takes_whole_numbers_and_unlabelled_rows():
     assert faces.labels.dtype == np.int64
     with pytest.raises(DataError, match=r"label 3 at index 0 is out of range: labels are 0\.\.2"):
         FaceSet(IMAGES, [3, 0, 0], ["a"] * 3, class_names=["x", "y", "z"])
+    # numpy integers among Python objects are numbers; an empty set's [] index is fine
+    mixed = FaceSet(IMAGES, np.array([0, 1, np.int64(2)], dtype=object), ["a"] * 3)
+    assert mixed.labels.tolist() == [0, 1, 2]
+    empty = FaceSet(np.zeros((0, 48, 48), np.uint8), [], [], index=[])
+    assert len(empty) == 0 and empty.index.dtype == np.int64
+    assert FaceSet(IMAGES, [0, 1, 2], ["a"] * 3, index=[0.0, 1.0, 5.0]).index.tolist() == [0, 1, 5]
 
 
 @pytest.mark.parametrize(
@@ -323,6 +395,16 @@ def test_kaggle_split_assumption_is_a_note(tmp_path, make_images, write_csv, cap
     assert f"note: {note}" in capsys.readouterr().out
     assert main(["data", "check", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["notes"] == [note]
+
+
+def test_kaggle_note_names_the_folder_as_given_also_from_the_cache(
+    tmp_path, make_images, write_csv, monkeypatch
+):
+    root = _kaggle(tmp_path / "kaggle", write_csv, make_images, 6)
+    load(root)  # cached under the absolute path
+    monkeypatch.chdir(tmp_path)
+    (note,) = load("kaggle").info["notes"]
+    assert note.startswith("kaggle: test.csv has no Usage column")
 
 
 def test_kaggle_note_says_labels_were_read(tmp_path, make_images, write_csv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,10 @@ class FaceSet:
                 self.info = {k: v for k, v in self.info.items() if k != "icml_rows"}
         else:
             index = _checked_rows("index", self.index, n, "row numbers")
-            if index.dtype.kind not in "iu":
+            whole = index.dtype.kind in "iu" or (
+                index.dtype.kind == "f" and bool(np.isfinite(index).all())
+                and bool((index == np.round(index)).all()))  # [] is float64 to numpy
+            if not whole:
                 raise DataError(f"index must be N integer row numbers, got {index.dtype}")
             self.index = index.astype(np.int64, copy=False)
         if self.soft_labels is not None:
@@ -298,7 +302,8 @@ def _checked_labels(labels, n: int, class_names: tuple[str, ...]) -> np.ndarray:
     if arr.dtype.kind == "O":  # e.g. a list mixing numbers and None
         values = arr.tolist()
         first = next((i for i, v in enumerate(values)
-                      if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
+                      if not isinstance(v, numbers.Real) or isinstance(v, bool | np.bool_)),
+                     None)
         if first is not None:
             raise DataError(
                 f"labels must be integer class indices; label {values[first]!r} at index "

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,36 @@ def _visible(entry: os.DirEntry | Path) -> bool:
     return not entry.name.startswith((".", "__"))
 
 
-def _natural(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+def _natural(name: str) -> tuple:
+    """Natural order (``2.png`` before ``10.png``, case aside); names it cannot tell apart
+    (``01``/``1``, ``A``/``a``) by the name itself, so no order is left to the file system."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)], name
+
+
+@dataclass
+class _Walk:
+    """One read's walk through class folders: the dataset's real path, the folders walked
+    (real paths), and the links not followed ("link -> target"; broken ones "(missing)")."""
+
+    root: str
+    walked: set[str] = field(default_factory=set)
+    unfollowed: list[str] = field(default_factory=list)
+
+    def refuses(self, path: Path, home: str) -> bool:
+        """Whether ``path`` (a file or sub-folder of class folder ``home``, a real path)
+        leads somewhere it must not: a folder walked already, one that holds its class
+        folder (a loop), or into the dataset outside its class folder (another class's
+        images, which would get this class's label). Noted when so."""
+        real = os.path.realpath(path)
+        bad = (real in self.walked or _inside(home, real)
+               or (_inside(real, self.root) and not _inside(real, home)))
+        if bad:
+            self.unfollowed.append(f"{path} -> {real}")
+        return bad
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 # ---- images ----
@@ -148,10 +177,18 @@ def _decoding_version() -> int:
 
 
 def _cached(root: Path, files: list[Path], extra: dict, cache: bool, build) -> FaceSet:
+    """A folder's read, from the cache where it holds one. The notes name the folder as this
+    call names it (a read cached under another spelling of the path says it this way)."""
     key = _folder_key(root, files, extra)
     if cache and (hit := readers._read_cached(root, key)) is not None:
+        then = hit.info.get("notes_root")
+        if then is not None and then != str(root) and hit.info.get("notes"):
+            hit.info["notes"] = [str(root) + n[len(then):] if n.startswith(then + ":") else n
+                                 for n in hit.info["notes"]]
+            hit.info["notes_root"] = str(root)
         return hit
     faces = build()
+    faces.info["notes_root"] = str(root)
     if cache:
         readers._write_cache(faces, key)
     return faces
@@ -222,6 +259,7 @@ def _layout(root: Path, skip_bad: bool, cache: bool) -> tuple[list[Path], Callab
         )
         raise DataError(f"{root}: has Kaggle's {have} but not {need}; the layout needs both")
     # 3./4. split folders train/ + test/ and/or validation/
+    walk = _Walk(os.path.realpath(root))
     if "train" in dirs:
         others = sorted(n for n in dirs if n not in SPLIT_FOLDERS)
         present = [n for n in SPLIT_FOLDERS if n in dirs]
@@ -235,7 +273,7 @@ def _layout(root: Path, skip_bad: bool, cache: bool) -> tuple[list[Path], Callab
             raise DataError(f"{root}: has both validation/ and val/; keep one")
         items, ignored = [], []
         for name in present:
-            items += _class_folder_items(dirs[name], SPLIT_FOLDERS[name], ignored)
+            items += _class_folder_items(dirs[name], SPLIT_FOLDERS[name], ignored, walk)
         layout = "image-folders-train-" + "-".join(
             "validation" if n == "val" else n for n in present if n != "train"
         )
@@ -246,12 +284,12 @@ def _layout(root: Path, skip_bad: bool, cache: bool) -> tuple[list[Path], Callab
     # head fits) where every folder is one, else the folders' own (a user's class set)
     elif dirs and all(n in CLASS_ALIASES for n in dirs):
         ignored = []
-        items = _class_folder_items(root, "all", ignored)
+        items = _class_folder_items(root, "all", ignored, walk)
         extra = {"layout": "class-folders"}
     elif dirs:
         classes = _own_classes(root, entries, dirs)
         ignored = []
-        items = _class_folder_items(root, "all", ignored, classes)
+        items = _class_folder_items(root, "all", ignored, walk, classes)
         extra = {"layout": "class-folders", "class_names": classes}
     else:
         raise DataError(
@@ -259,6 +297,8 @@ def _layout(root: Path, skip_bad: bool, cache: bool) -> tuple[list[Path], Callab
             "icml_face_data.csv, train.csv + test.csv, train/ + test/ or validation/ class "
             f"folders, or class folders); it holds {sorted(files)[:10]}"
         )
+    if walk.unfollowed:
+        extra["unfollowed_links"] = walk.unfollowed
     if not items:
         raise DataError(f"{root}: no images in the class folders ({extra['layout']} layout)")
     paths = [p for p, _, _ in items]
@@ -299,7 +339,8 @@ def _files_of(folder: Path | None) -> dict[str, Path]:
 
 
 def _class_folder_items(
-    folder: Path, split: str | None, ignored: list[str], classes: list[str] | None = None
+    folder: Path, split: str | None, ignored: list[str], walk: _Walk,
+    classes: list[str] | None = None,
 ) -> list[tuple[Path, int, str | None]]:
     """(file, label, split or None for 'from the test prefix') for ``folder/<class>/**``.
 
@@ -307,7 +348,21 @@ def _class_folder_items(
     As in torchvision's ``ImageFolder``, the images in the sub-folders of a class folder, at
     any depth and through links, are of that class (see `_images_under` for the order); the
     non-image files met on the way are appended to ``ignored`` (files only, never folders).
+    Two class folders that are one folder (through a link) are an error; a link inside one
+    that leads elsewhere in the dataset is not followed (``walk`` notes it).
     """
+    homes: dict[str, str] = {}
+    for entry in os.scandir(folder):
+        if _visible(entry) and entry.is_dir():
+            real = os.path.realpath(entry.path)
+            for other, other_real in homes.items():
+                if _inside(real, other_real) or _inside(other_real, real):
+                    raise DataError(
+                        f"{entry.path} and {other} are the same folder, or one holds the "
+                        f"other (through a link: {real}, {other_real}); each class needs a "
+                        "folder of its own"
+                    )
+            homes[entry.path] = real
     items = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not _visible(entry):
@@ -329,22 +384,31 @@ def _class_folder_items(
                     f"{_accepted_classes()}"
                 )
             label = FER2013_CLASSES.index(cls)
-        items += [(f, label, split) for f in _images_under(Path(entry.path), ignored)]
+        items += [(f, label, split)
+                  for f in _images_under(Path(entry.path), ignored, walk, homes[entry.path],
+                                         top=True)]
     return items
 
 
 def _images_under(
-    folder: Path, ignored: list[str], above: frozenset[str] = frozenset()
+    folder: Path, ignored: list[str], walk: _Walk, home: str, top: bool = False
 ) -> list[Path]:
-    """The image files (by extension) in `folder` and its sub-folders, at any depth: each
-    folder's files in natural name order (``2.png`` before ``10.png``), then its sub-folders
-    in that order, one after the other. Hidden entries (``.*``, ``__*``) are skipped; other
-    non-image files go to `ignored`. Links are followed, except a link to a folder `above`
-    (one it is in): its images are read already, and it would loop."""
+    """The image files (by extension) in `folder` (class folder ``home``, a real path, or a
+    sub-folder of it) and its sub-folders, at any depth: each folder's files in natural name
+    order (``2.png`` before ``10.png``), then its sub-folders in that order (real folders
+    before links), one after the other. Hidden entries (``.*``, ``__*``) are skipped; other non-image files go to
+    `ignored`. Links are followed, but not where `_Walk.refuses` them: to a folder walked
+    already, to one above, or elsewhere in the dataset (noted)."""
     real = os.path.realpath(folder)
-    if real in above:
+    if top:  # a class folder (`home`): one read already, or in one, is another split's
+        seen = next((w for w in walk.walked if _inside(real, w) or _inside(w, real)), None)
+        if seen is not None:
+            raise DataError(f"{folder}: is {seen}, read already for another split, or holds "
+                            "it or is in it (through a link); each split needs folders of "
+                            "its own")
+    elif walk.refuses(folder, home):
         return []
-    above = above | {real}
+    walk.walked.add(real)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: _natural(e.name))
     except OSError as exc:
@@ -356,11 +420,16 @@ def _images_under(
         if f.is_dir():
             subfolders.append(Path(f.path))
         elif os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS:
+            if f.is_symlink() and (not os.path.exists(f.path) or walk.refuses(Path(f.path), home)):
+                if not os.path.exists(f.path):  # a broken link
+                    walk.unfollowed.append(f"{f.path} -> {os.readlink(f.path)} (missing)")
+                continue
             images.append(Path(f.path))  # one that cannot be read is reported by the reader
         else:
             ignored.append(f.path)
-    for sub in subfolders:
-        images += _images_under(sub, ignored, above)
+    # real folders before links, so that a link to one of them is the one not followed
+    for sub in sorted(subfolders, key=lambda s: s.is_symlink()):  # stable: natural order
+        images += _images_under(sub, ignored, walk, home)
     return images
 
 
@@ -416,6 +485,14 @@ def _read_images(
         notes.append(
             f"{root}: ignored {len(ignored)} non-image file(s) in the class folders: "
             + ", ".join(ignored[:NOTE_EXAMPLES]) + more
+        )
+    links = extra.get("unfollowed_links", [])
+    if links:
+        more = ", ..." if len(links) > NOTE_EXAMPLES else ""
+        notes.append(
+            f"{root}: did not follow {len(links)} link(s) in the class folders that lead to "
+            "nothing, to a folder read already, to one above, or elsewhere in the dataset "
+            "(whose images would get the wrong class): " + ", ".join(links[:NOTE_EXAMPLES]) + more
         )
     if notes:
         info["notes"] = notes
