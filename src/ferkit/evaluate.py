@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from .metrics import (
     plot_training_curves,
     write_markdown_report,
 )
-from .train import find_ferplus_votes, resolve_device
+from .train import check_out_folder, find_ferplus_votes, resolve_device
 from .weights import available_weights, load_model
 
 
@@ -104,6 +105,11 @@ def load_eval_data(
             and list(faces.class_names) != list(meta["class_names"])):
         name = ferplus or meta["recipe"].get("ferplus_csv") or "fer2013new.csv"
         faces = load_ferplus(faces, find_ferplus_votes(name, base))
+    elif ferplus:  # given, and not used: said, not dropped silently
+        why = ("the data has the checkpoint's classes already"
+               if meta.get("recipe", {}).get("dataset") == "ferplus"
+               else f"the checkpoint is not a FER+ model (classes {list(meta['class_names'])})")
+        print(f"ferkit: --ferplus {ferplus} not used: {why}", file=sys.stderr, flush=True)
     if list(faces.class_names) != list(meta["class_names"]):
         raise DataError(
             f"{data}: classes {list(faces.class_names)} differ from the checkpoint's "
@@ -139,6 +145,8 @@ def evaluate(
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if tta not in TTA_MODES:  # before any loading
         raise ValueError(f"unknown TTA mode {tta!r}; use one of {TTA_MODES}")
+    if out is not None:
+        out = check_out_folder(out)
     dev = torch.device("cpu") if backend == "onnx" else resolve_device(device)
     if isinstance(checkpoint, tuple):
         model, meta = checkpoint
@@ -150,6 +158,9 @@ def evaluate(
     else:  # a shipped name, a checkpoint, a run folder
         model, meta = load_model(checkpoint, dev)
         run = run_folder(checkpoint)
+    weights_sha = weights_sha256(model)
+    if out is not None:  # before scoring: a folder holds the reports of one checkpoint
+        refuse_other_checkpoint(out, weights_sha, str(checkpoint))
     if backend == "onnx":  # the checkpoint just loaded, exported (once, into the cache)
         from .export import onnx_backend
 
@@ -177,12 +188,71 @@ def evaluate(
         model=meta["model"],
         data=data_label(data),
         data_md5=faces.info.get("md5"),
-        trained_epochs=meta.get("metrics", {}).get("epoch"),
+        weights_sha256=weights_sha,
+        **epochs_of(meta, run),
         val_acc=meta.get("metrics", {}).get("val_acc"),
     )
     if out is not None:
         write_outputs(report, Path(out), run)
     return report
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A sha256 of the model's tensors (names, dtypes, shapes, values): what identifies a
+    checkpoint, however its path is spelled."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def epochs_of(meta: dict, run: Path | None) -> dict:
+    """``best_epoch`` (the epoch the weights are from, where their metrics say they are the
+    run's best: ``best`` checkpoints, shipped weights) and ``epochs_done`` (the epochs the run
+    trained, from its folder's summary.json); each only where known."""
+    metrics = meta.get("metrics") or {}
+    file = run / "summary.json" if run is not None else None
+    try:
+        summary = json.loads(file.read_text()) if file is not None and file.is_file() else {}
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    found = {}
+    epoch = metrics.get("epoch")
+    if isinstance(summary.get("best_epoch"), int):  # the run's first epoch at its best
+        best = epoch == summary["best_epoch"]
+    else:  # shipped weights, a checkpoint without its run: as its own metrics say
+        best = metrics.get("val_acc") is not None and metrics.get("val_acc") == metrics.get(
+            "best_val_acc")
+    if epoch is not None and best:
+        found["best_epoch"] = epoch
+    if isinstance(summary.get("epochs_done"), int):
+        found["epochs_done"] = summary["epochs_done"]
+    return found
+
+
+def refuse_other_checkpoint(out: Path, sha: str, checkpoint: str) -> None:
+    """An ``--out`` folder holds the reports of one checkpoint (report.md, the training
+    curves): one that holds another's is an error naming the folder and that checkpoint."""
+    if not out.is_dir():
+        return
+    for file in sorted(out.glob("*.json")):
+        try:
+            report = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or report.get("tta") not in TTA_MODES:
+            continue
+        theirs = report.get("weights_sha256")
+        if theirs == sha or (theirs is None and report.get("checkpoint") == checkpoint):
+            continue
+        raise ValueError(
+            f"--out {out} holds the reports of another checkpoint ({report.get('checkpoint')}, "
+            f"in {file.name}), not of {checkpoint}: a folder holds the reports of one "
+            "checkpoint; use another --out (or remove that folder)"
+        )
 
 
 def run_folder(checkpoint: str | os.PathLike) -> Path | None:
@@ -196,7 +266,12 @@ def run_folder(checkpoint: str | os.PathLike) -> Path | None:
 
 def write_outputs(report: dict, out: Path, run: Path | None) -> None:
     """``SPLIT-TTA.json`` / ``.md`` and plots per TTA mode (scoring several modes into one
-    folder keeps them all), and ``report.md``: every mode's report in the folder."""
+    folder keeps them all; a later report of the same split and mode replaces the earlier
+    one, whichever backend scored it), and ``report.md``: every mode's report in the folder.
+    The folder holds the reports of one checkpoint: another's is refused."""
+    out = check_out_folder(out)
+    if "weights_sha256" in report:
+        refuse_other_checkpoint(out, report["weights_sha256"], report.get("checkpoint", ""))
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['split']}-{report['tta']}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
@@ -217,7 +292,7 @@ def write_outputs(report: dict, out: Path, run: Path | None) -> None:
     write_markdown_report(
         report, out / f"{stem}.md", title=f"{report['model']}: {report['split']}, TTA {report['tta']}",
         extra={k: report[k] for k in ("split", "tta", "backend", "checkpoint", "data",
-                                      "trained_epochs")},
+                                      "best_epoch", "epochs_done") if k in report},
         images=images,
     )
     write_report_index(out)

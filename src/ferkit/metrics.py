@@ -138,8 +138,8 @@ def classification_report(
         ``macro_f1`` (unweighted mean of per-class F1 over the classes that occur in
         ``labels`` or in the predictions, as scikit-learn averages: a class with no test
         images that is never predicted has no F1 to average, one that is predicted counts
-        with F1 0), ``absent_classes`` (names of the classes without a true sample, in
-        column order), ``per_class``
+        with F1 0), ``absent_classes`` (names of the classes left out of macro-F1: no true
+        sample and never predicted, in column order), ``per_class``
         ({name: {precision, recall, f1, support}}), ``confusion_matrix`` (counts, rows = true,
         cols = predicted), ``confusion_matrix_normalized`` (row-normalised), ``ece``
         (expected calibration error), ``nll`` (mean negative log-likelihood) and
@@ -160,7 +160,7 @@ def classification_report(
         "num_samples": int(labels.shape[0]),
         "accuracy": float(correct.mean()),
         "macro_f1": float(f1[averaged].mean()),
-        "absent_classes": [name for name, p in zip(class_names, present, strict=True) if not p],
+        "absent_classes": [name for name, a in zip(class_names, averaged, strict=True) if not a],
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -350,7 +350,7 @@ def write_markdown_report(
         ["N", report["num_samples"]],
     ]
     if report.get("absent_classes"):
-        summary.append(["classes without test images (in macro-F1 only if predicted)",
+        summary.append(["classes without test images, never predicted (not in macro-F1)",
                         ", ".join(report["absent_classes"])])
     summary += [[key, value] for key, value in (extra or {}).items()]
     per_class = [

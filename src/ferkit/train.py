@@ -92,13 +92,17 @@ def code_version() -> str:
 
 
 def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
-    """The FER+ votes file: `name` as given, else beside the data (in it, if a folder).
+    """The FER+ votes file: `name` as given, else, for a bare file name (no folder in it),
+    beside the data (in it, if a folder, or in its ``fer2013`` folder).
 
     Where none of those is there, a compressed copy in the same places is taken
-    (``fer2013new.csv.gz``, or .xz / .lzma / .bz2), in the same order.
+    (``fer2013new.csv.gz``, or .xz / .lzma / .bz2), in the same order. A path with a folder
+    in it (``typo/fer2013new.csv``, or an absolute one) is looked for there only: where it is
+    not there, a DataError names it (not a file of the same name elsewhere).
     """
     votes, data = Path(name), Path(data)
-    if votes.is_absolute() or votes.exists():
+    explicit = votes.is_absolute() or votes.parent != Path(".")
+    if explicit or votes.exists():
         places = [votes]
     else:
         places = [votes] + [
@@ -110,8 +114,9 @@ def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path
         for place in places:
             if (path := place.with_name(place.name + suffix)).exists():
                 return path
-    if votes.is_absolute():
-        return votes  # its reader says what is wrong with it
+    if explicit:
+        raise DataError(f"FER+ votes {votes}: no such file (ferplus_csv / --ferplus; a bare file "
+                        "name, such as fer2013new.csv, is also looked for beside the data)")
     raise DataError(
         f"FER+ votes {votes.name} not found beside {data}: give its path (ferplus_csv / --ferplus)"
     )
@@ -206,11 +211,33 @@ RESUME_FIXED_KEYS = (
 )
 
 
+def check_out_folder(out: str | os.PathLike | None, option: str = "--out") -> Path:
+    """``out`` as a folder to write into, checked before any work: not empty, and neither it
+    nor a folder above it an existing file."""
+    if out is None or str(out).strip() == "":
+        raise ValueError(f"{option} is empty: expected a folder (use . for this one)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {out} is a file; expected a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def refuse_old_run(out: Path) -> None:
     """A fresh run into a folder that holds a run is an error: its metrics.jsonl would get
     the new epochs appended to the old ones (and best/last mix two runs). A run that saved
     no state (killed in its first epoch) is not one: `Trainer.run` starts its log over."""
     found = [name for name in RUN_FILES if (out / name).exists()]
+    if found == ["summary.json"]:  # finished, and its training state not kept (a packaged run)
+        raise ValueError(
+            f"{out} already holds a finished run (summary.json) without its training state "
+            "(no last.state.pt), so it cannot be resumed: train into another --out (or an "
+            "empty folder); --init-from it starts a new run from its best weights"
+        )
     if found:
         raise ValueError(
             f"{out} already holds a run ({', '.join(found)}): continue it with --resume, or "
@@ -346,6 +373,13 @@ class Trainer:
         init_from: str | None = None,
         progress: bool | None = None,
     ):
+        check_out_folder(out)
+        if resume and init_from:
+            raise ValueError(
+                "--resume continues the run in --out from its own saved weights; --init-from "
+                f"{init_from} would not be used: leave out --init-from to resume (the run keeps "
+                "the init_from it started with), or train into another --out to fine-tune"
+            )
         if recipe is None:
             if not resume:
                 raise ValueError("a recipe is needed to train (None only resumes the run in "
@@ -432,7 +466,9 @@ class Trainer:
         the module the steps run: wrapped for DDP and compiled as the recipe says."""
         r = self.recipe
         self.model = create_model(r.model, num_classes=len(self.class_names), **r.model_options)
-        self.init_source = None
+        # a resumed run keeps the source it was fine-tuned from (its saved metadata; the saved
+        # state, read in `_resume`, has the last word)
+        self.init_source = self.saved.get("init_from") if self.resumed else None
         if init_from:
             self.init_source = self._init_from(init_from)
         if r.sync_bn and self.dist.world > 1:
@@ -483,8 +519,15 @@ class Trainer:
         skipped = sorted(set(own) - set(state))
         self.model.load_state_dict(state, strict=False)
         if skipped:
-            self._note(f"--init-from {path}: re-initialised {skipped} (class set "
-                       f"{meta['class_names']} -> {list(self.class_names)})")
+            theirs = source.state_dict()
+            shapes = ", ".join(
+                f"{k} {tuple(own[k].shape)} vs {tuple(theirs[k].shape)}" if k in theirs
+                else f"{k} (not in the checkpoint)" for k in skipped
+            )
+            why = f"the shapes differ (model vs checkpoint): {shapes}"
+            if list(meta.get("class_names", [])) != list(self.class_names):
+                why += f"; class set {meta.get('class_names')} -> {list(self.class_names)}"
+            self._note(f"--init-from {path}: re-initialised {skipped} ({why})")
         # the file's name, not its path (no machine's folders in shipped metadata)
         return {"checkpoint": Path(path).name, "model": meta.get("model"),
                 "recipe": meta.get("recipe", {}).get("name"),
@@ -521,6 +564,7 @@ class Trainer:
             "planned_epochs": self.planned_epochs,
             "elapsed": self.elapsed,
             "history": self.history,
+            "init_from": self.init_source,
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -593,6 +637,8 @@ class Trainer:
         for key in ("epoch", "global_step", "best", "plateau_scale", "plateau_bad",
                     "planned_epochs", "elapsed", "history"):
             setattr(self, key, s[key])
+        if s.get("init_from"):  # states saved before it was kept there: last.json's
+            self.init_source = s["init_from"]
         self._check_new_length()
         if self.dist.main:
             # epochs logged after the last saved state are trained again: drop their rows
@@ -601,7 +647,7 @@ class Trainer:
         # the recipe given now sets the run's length (e.g. --set epochs=N to extend a run);
         # with a time budget, re-fit the plan to the time left at the mean epoch time so far
         if self.recipe.time_budget_minutes and self.epoch:
-            self._plan(self.elapsed / self.epoch)
+            self._plan(self.elapsed / self.epoch, reopen=True)
         else:
             self.planned_epochs = self.recipe.epochs
 
@@ -742,10 +788,14 @@ class Trainer:
         dist.broadcast(t, src=0)
         return float(t.item())
 
-    def _plan(self, epoch_seconds: float) -> None:
-        """Fit the schedule's length to the time budget (recipe.time_budget_minutes)."""
+    def _plan(self, epoch_seconds: float, reopen: bool = False) -> None:
+        """Fit the schedule's length to the time budget (recipe.time_budget_minutes).
+
+        A run that has reached its planned length keeps it: its schedule has ended (a
+        cosine at its floor), and a faster last epoch must not reopen it for one more at a
+        raised rate. ``reopen``: a resume, which may give the run a new length."""
         budget = self.recipe.time_budget_minutes
-        if not budget:
+        if not budget or (self.epoch >= self.planned_epochs and not reopen):
             return
         left = budget * 60 - self.elapsed
         fits = self.epoch + max(int(left // max(epoch_seconds, 1e-6)), 0)
@@ -857,7 +907,9 @@ def fit(
     recipe keys; None with ``resume=True``: the run's own recipe (`run_recipe`; pass
     ``run_recipe(out, ["epochs=400"])`` to lengthen it). ``data``: a dataset path (any layout `ferkit.data.load` reads) or a
     `FaceSet` (e.g. built from numpy arrays). The rest as the ``ferkit train`` options of the
-    same names (``init_from``: weights to fine-tune from, as ``--init-from``).
+    same names (``init_from``: weights to fine-tune from, as ``--init-from``; not with
+    ``resume=True``, which continues the saved weights and keeps the run's own ``init_from``).
+    ``out`` must be a folder (or not there yet): an empty one, or a file, is a ValueError.
     """
     trainer = Trainer(recipe, data, out, device, resume, max_minutes, init_from, progress)
     try:
