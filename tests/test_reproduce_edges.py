@@ -134,7 +134,7 @@ def test_ferplus_feeds_training_and_missing_votes_refuse_before_training(pack, t
     monkeypatch.setattr(rp, "fit", lambda *a, **kw: pytest.fail("trained"))
     with pytest.raises(DataError, match=r"fp.yaml \(fp\) trains on FER\+.*--ferplus"):
         rp.reproduce([recipe], pack, tmp_path / "t", device="cpu")
-    with pytest.raises(DataError, match="--ferplus .*nowhere.csv: no such file"):
+    with pytest.raises(DataError, match="votes nowhere.csv not found beside .*--ferplus"):
         rp.reproduce([recipe], pack, tmp_path / "t", device="cpu", ferplus="nowhere.csv")
     votes = tmp_path / "elsewhere" / "fer2013new.csv"
     votes.parent.mkdir()
@@ -150,6 +150,17 @@ def test_ferplus_feeds_training_and_missing_votes_refuse_before_training(pack, t
     with pytest.raises(KeyboardInterrupt):
         rp.reproduce([recipe], pack, tmp_path / "t", device="cpu", ferplus="fer2013new.csv")
     assert given == [str(votes)]
+    # a bare name is also looked for beside the data, as training looks for it
+    import shutil
+
+    beside = tmp_path / "data"
+    beside.mkdir()
+    data = Path(shutil.copy(pack, beside / "bars.fkpack"))
+    shutil.copy(votes, beside / "fer2013new.csv")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        rp.reproduce([recipe], data, tmp_path / "t2", device="cpu", ferplus="fer2013new.csv")
+    assert given[-1] == str(beside / "fer2013new.csv")
 
 
 # ---- 4. run folders: one per entry, inside --out ----
@@ -237,6 +248,18 @@ def test_a_table_of_fewer_rows_says_which_it_no_longer_has(pack, run, tmp_path, 
     capsys.readouterr()
     rp.table_from_runs([run], pack, tmp_path / "t", tta="flip", device="cpu")
     assert "rows no longer there: other" in capsys.readouterr().err
+
+
+def test_a_rerun_of_the_same_recipes_drops_no_rows(pack, tmp_path, capsys):
+    """reproduce writes the table after each run: only its last write may say that rows of
+    the previous call are gone (a partial table is not a dropped row)."""
+    recipes = [write_recipe(tmp_path / "a.yaml", epochs=1),
+               write_recipe(tmp_path / "b.yaml", epochs=1)]
+    for _ in range(2):
+        rp.reproduce(recipes, pack, tmp_path / "t", tta="flip", device="cpu")
+        assert "no longer there" not in capsys.readouterr().err
+    rp.reproduce(recipes[:1], pack, tmp_path / "t", tta="flip", device="cpu")
+    assert "rows no longer there: b" in capsys.readouterr().err
 
 
 def test_check_test_data_fingerprints_labels_and_images(env, tmp_path):

@@ -430,7 +430,7 @@ def note_dropped_rows(groups: list[dict], out: Path) -> None:
               "another --out, to keep them)", file=sys.stderr)
 
 
-def write_table(groups: list[dict], out: Path) -> Path:
+def write_table(groups: list[dict], out: Path, final: bool = True) -> Path:
     """``results.md`` (table and claims), ``results.json`` and, where matplotlib is
     installed, ``results.png`` (every seed's accuracy per recipe) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -464,7 +464,8 @@ def write_table(groups: list[dict], out: Path) -> Path:
     claims = claim_lines(groups)
     if claims:
         lines += ["", "The paper's claims:", *claims]
-    note_dropped_rows(groups, out)
+    if final:  # a table written as the runs finish holds fewer rows until the last one
+        note_dropped_rows(groups, out)
     (out / "results.json").write_text(json.dumps(groups, indent=2))
     try:
         plot_seeds(groups, out / "results.png")
@@ -536,11 +537,10 @@ def reproduce(
                         "seeds with --seeds only")
     # before hours of training, not after
     test_sha256, class_names = _test_data(data)
-    if ferplus is not None:
-        ferplus = str(Path(ferplus).resolve())
-        if not Path(ferplus).is_file():
-            raise DataError(f"--ferplus {ferplus}: no such file (the FER+ votes, "
-                            "fer2013new.csv)")
+    if ferplus is not None:  # as training finds it: a bare name also beside the data
+        from .train import find_ferplus_votes
+
+        ferplus = str(find_ferplus_votes(ferplus, data).resolve())
     plan = []
     for path in recipes:
         for seed in seeds if seeds else [None]:
@@ -555,12 +555,13 @@ def reproduce(
     plan = [(recipe, run, run_action(run, recipe)) for recipe, run, _, _ in plan]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for recipe, run, action in plan:
+    for k, (recipe, run, action) in enumerate(plan):
         if action != "score":
             fit(recipe, data, run, device=device, max_minutes=max_minutes,
                 resume=action == "resume")
         rows.append(score_run(run, data, tta, device, ferplus, backend, test_sha256))
-        write_table(group_rows(rows, overrides), out)
+        # the table so far after each run; rows of an earlier call dropped: said at the end
+        write_table(group_rows(rows, overrides), out, final=k == len(plan) - 1)
     return out / "results.md"
 
 

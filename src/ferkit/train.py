@@ -580,6 +580,10 @@ class Trainer:
         saved = resumable_run(self.out)
         changes = recipe_changes(saved["recipe"], self.recipe)
         fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED_KEYS}
+        old_votes = saved["recipe"].get("ferplus_csv")
+        if ("ferplus_csv" in fixed and old_votes and self.recipe.ferplus_csv
+                and Path(old_votes).name == Path(self.recipe.ferplus_csv).name):
+            del fixed["ferplus_csv"]  # the same votes file, given from another folder
         if fixed:
             raise ValueError(
                 f"{self.out}: cannot resume: the saved run differs in {describe_changes(fixed)} "
