@@ -97,3 +97,19 @@ def require_serve_extra() -> None:
         pytest.importorskip(
             "multipart", reason="uploads need python-multipart: pip install 'ferkit[serve]'"
         )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A module's own ferkit cache (the training tests' data is parsed once per module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("fkc")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def pack(env, tmp_path_factory) -> Path:
+    """The training tests' learnable bar faces (test_train's `bar_faces`) as a pack."""
+    from test_train import SPLITS, bar_faces
+
+    return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)

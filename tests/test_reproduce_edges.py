@@ -22,18 +22,6 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("fkc")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def pack(env, tmp_path_factory) -> Path:
-    return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)
-
-
-@pytest.fixture(scope="module")
 def run(pack, tmp_path_factory) -> Path:
     """One finished 2-epoch run of recipe ``tiny`` (seed 0)."""
     out = tmp_path_factory.mktemp("runs") / "tiny-s0"

@@ -111,18 +111,6 @@ def tiny_recipe(**overrides) -> Recipe:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("fkc")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def pack(env, tmp_path_factory) -> Path:
-    return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)
-
-
-@pytest.fixture(scope="module")
 def trained(pack, tmp_path_factory):
     """One 6-epoch run shared by the checks that only read its outputs."""
     out = tmp_path_factory.mktemp("run")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import SPLITS, TINY, bar_faces, tiny_recipe
+from test_train import TINY, tiny_recipe
 
 from ferkit import evaluate as ev
 from ferkit.checkpoint import read_metadata
@@ -20,18 +20,6 @@ from ferkit.devices import resolve_device
 from ferkit.train import find_ferplus_votes, fit
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("fkc")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def pack(env, tmp_path_factory) -> Path:
-    return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)
 
 
 @pytest.fixture(scope="module")

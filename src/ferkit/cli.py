@@ -9,14 +9,11 @@ import sys
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .recipe import Recipe
-    from .train import check_out_folder, fit, run_recipe
+    from .train import check_out_folder, fit, refuse_resume_with_init, run_recipe
 
-    check_out_folder(args.out)  # before any work: not empty, not a file
-    if args.resume and args.init_from:
-        raise ValueError(f"--resume continues the run in {args.out} from its own saved weights; "
-                         f"--init-from {args.init_from} would not be used: leave out "
-                         "--init-from to resume (the run keeps the init_from it started "
-                         "with), or train into another --out to fine-tune")
+    # before the run's own recipe is read (and before any work; `fit` checks them too)
+    check_out_folder(args.out)
+    refuse_resume_with_init(args.resume, args.init_from, args.out)
     if args.recipe is not None:
         recipe = Recipe.from_yaml(args.recipe, args.set)
     elif args.resume:
@@ -35,11 +32,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .train import check_out_folder
 
-    if args.out is not None:  # before loading or scoring anything
-        check_out_folder(args.out)
-    report = evaluate(
+    report = evaluate(  # checks --out before loading or scoring anything
         args.checkpoint, args.data, split=args.split, tta=args.tta, device=args.device,
         out=args.out, ferplus=args.ferplus, backend=args.backend,
     )

@@ -17,6 +17,7 @@ from .augment import normalize, tta_views
 from .data import DataError, FaceSet, load_ferplus
 from .data.check import warn_if_resplit
 from .data.readers import data_label, faces_from
+from .fileio import check_out_folder
 from .metrics import (
     classification_report,
     plot_confusion_matrix,
@@ -24,7 +25,7 @@ from .metrics import (
     plot_training_curves,
     write_markdown_report,
 )
-from .train import check_out_folder, find_ferplus_votes, resolve_device
+from .train import find_ferplus_votes, resolve_device
 from .weights import available_weights, load_model
 
 
@@ -268,10 +269,7 @@ def write_outputs(report: dict, out: Path, run: Path | None) -> None:
     """``SPLIT-TTA.json`` / ``.md`` and plots per TTA mode (scoring several modes into one
     folder keeps them all; a later report of the same split and mode replaces the earlier
     one, whichever backend scored it), and ``report.md``: every mode's report in the folder.
-    The folder holds the reports of one checkpoint: another's is refused."""
-    out = check_out_folder(out)
-    if "weights_sha256" in report:
-        refuse_other_checkpoint(out, report["weights_sha256"], report.get("checkpoint", ""))
+    `evaluate` has checked the folder before scoring (`refuse_other_checkpoint`)."""
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['split']}-{report['tta']}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))

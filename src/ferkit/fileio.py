@@ -60,6 +60,27 @@ def _check_writable(path: Path, option: str, target: str | os.PathLike) -> None:
         raise ValueError(f"{option} {target}: cannot write this file ({reason})") from None
 
 
+def _refuse_file_above(path: Path, option: str, given) -> None:
+    """The nearest existing folder above ``path`` must be a folder, not a file."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {given}: {parent} is a file, not a folder")
+            break
+
+
+def check_out_folder(out: str | os.PathLike | None, option: str = "--out") -> Path:
+    """``out`` as a folder to write into, checked before any work: not empty, and neither it
+    nor a folder above it an existing file."""
+    if out is None or str(out).strip() == "":
+        raise ValueError(f"{option} is empty: expected a folder (use . for this one)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {out} is a file; expected a folder")
+    _refuse_file_above(path, option, out)
+    return path
+
+
 def output_file(
     target: str | os.PathLike, option: str, keep: Iterable[str | os.PathLike] = ()
 ) -> Path:
@@ -70,11 +91,7 @@ def output_file(
     path = Path(target)
     if path.is_dir():
         raise ValueError(f"{option} {target} is a folder; give the file to write")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {target}: {parent} is a file, not a folder")
-            break
+    _refuse_file_above(path, option, target)
     for item in keep:
         if _same_file(path, item):
             raise ValueError(f"{option} {target} would replace {item}; choose another file")

@@ -32,7 +32,7 @@ from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
 from .data.fer2013 import COMPRESSED_OPENERS
 from .data.readers import faces_from
 from .devices import resolve_device
-from .fileio import PROGRESS_SECONDS, write_atomically
+from .fileio import PROGRESS_SECONDS, check_out_folder, write_atomically
 from .models import create_model
 from .recipe import Recipe, apply_overrides, as_overrides
 from .step import TrainStep
@@ -211,20 +211,14 @@ RESUME_FIXED_KEYS = (
 )
 
 
-def check_out_folder(out: str | os.PathLike | None, option: str = "--out") -> Path:
-    """``out`` as a folder to write into, checked before any work: not empty, and neither it
-    nor a folder above it an existing file."""
-    if out is None or str(out).strip() == "":
-        raise ValueError(f"{option} is empty: expected a folder (use . for this one)")
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {out} is a file; expected a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
-            break
-    return path
+def refuse_resume_with_init(resume: bool, init_from: str | None, out) -> None:
+    """A resume continues the run's own saved weights: ``init_from`` with it is an error."""
+    if resume and init_from:
+        raise ValueError(
+            f"--resume continues the run in {out} from its own saved weights; --init-from "
+            f"{init_from} would not be used: leave out --init-from to resume (the run keeps "
+            "the init_from it started with), or train into another --out to fine-tune"
+        )
 
 
 def refuse_old_run(out: Path) -> None:
@@ -374,12 +368,7 @@ class Trainer:
         progress: bool | None = None,
     ):
         check_out_folder(out)
-        if resume and init_from:
-            raise ValueError(
-                "--resume continues the run in --out from its own saved weights; --init-from "
-                f"{init_from} would not be used: leave out --init-from to resume (the run keeps "
-                "the init_from it started with), or train into another --out to fine-tune"
-            )
+        refuse_resume_with_init(resume, init_from, out)
         if recipe is None:
             if not resume:
                 raise ValueError("a recipe is needed to train (None only resumes the run in "
