@@ -538,8 +538,6 @@ def reproduce(
     # before hours of training, not after
     test_sha256, class_names = _test_data(data)
     if ferplus is not None:  # as training finds it: a bare name also beside the data
-        from .train import find_ferplus_votes
-
         ferplus = str(find_ferplus_votes(ferplus, data).resolve())
     plan = []
     for path in recipes:
