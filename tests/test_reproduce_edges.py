@@ -261,3 +261,30 @@ def test_check_test_data_fingerprints_labels_and_images(env, tmp_path):
     assert rp.check_test_data(one) == rp.check_test_data(one)
     assert rp.check_test_data(one) != rp.check_test_data(two)
     assert isinstance(rp.check_test_data(one), str)
+
+
+@pytest.mark.parametrize("extra, flag", [(["--seeds", "0", "1"], "--seeds"),
+                                         (["--set", "epochs=3"], "--set"),
+                                         (["--max-minutes", "5"], "--max-minutes")])
+def test_runs_refuses_the_options_that_only_apply_to_training(run, tmp_path, capsys, extra,
+                                                              flag):
+    from ferkit.cli import main
+
+    out = tmp_path / "table"
+    code = main(["reproduce", "--runs", str(run), "--data", str(tmp_path / "absent.csv"),
+                 "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert flag in err and "--recipes" in err
+    assert not out.exists()  # refused before anything is read or written
+
+
+def test_votes_for_a_table_without_ferplus_runs_are_said_unused_once(pack, run, tmp_path,
+                                                                       capsys):
+    votes = tmp_path / "fer2013new.csv"
+    votes.write_text("Usage\n")
+    rp.table_from_runs([run], pack, tmp_path / "table", tta="flip", device="cpu",
+                       ferplus=str(votes))
+    err = capsys.readouterr().err
+    assert err.count("not used") == 1, err  # once for the table, not per TTA pass
+    assert "no run of this table is a FER+ run" in err

@@ -60,6 +60,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce, table_from_runs
 
     if args.runs:
+        ignored = [flag for flag, value in (("--seeds", args.seeds), ("--set", args.set),
+                                            ("--max-minutes", args.max_minutes)) if value]
+        if ignored:
+            raise ValueError(f"reproduce --runs scores runs trained already; {', '.join(ignored)} "
+                             "only apply to training (--recipes): leave them out, or train "
+                             "with --recipes")
         table = table_from_runs(args.runs, args.data, args.out, tta=args.tta, device=args.device,
                                 ferplus=args.ferplus, backend=args.backend)
     else:

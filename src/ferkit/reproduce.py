@@ -230,9 +230,11 @@ def score_run(
     scores = kept.get("scores", {}) if kept.get("fingerprint") == fingerprint else {}
     scores = scores if isinstance(scores, dict) else {}
     kept_modes = [mode for mode in dict.fromkeys(("none", tta)) if mode in scores]
+    # a FER2013 run of a table with FER+ runs: no votes (`unused_votes` says so once)
+    votes = ferplus if recipe.dataset == "ferplus" else None
     for mode in dict.fromkeys(("none", tta)):
         if mode not in scores:
-            report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=ferplus,
+            report = evaluate(checkpoint, data, "PrivateTest", mode, device, ferplus=votes,
                               backend=backend)
             scores[mode] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                             "num_samples": report["num_samples"]}
@@ -504,7 +506,16 @@ def table_from_runs(
             print(f"ferkit reproduce: skipped {run}: {exc}", file=sys.stderr)
     if not rows:
         raise DataError("no finished run to tabulate")
+    unused_votes(ferplus, [row["dataset"] for row in rows])
     return write_table(group_rows(rows), Path(out))
+
+
+def unused_votes(ferplus: str | None, datasets: list[str]) -> None:
+    """Say once that ``--ferplus`` was given to a table without FER+ runs (not dropped
+    silently; each run's scoring does not repeat it)."""
+    if ferplus and "ferplus" not in datasets:
+        print(f"ferkit reproduce: --ferplus {ferplus} not used: no run of this table is a FER+ "
+              "run", file=sys.stderr, flush=True)
 
 
 def reproduce(
@@ -550,6 +561,7 @@ def reproduce(
             run = out / (recipe.name if seed is None else f"{recipe.name}-s{seed}")
             plan.append((recipe, run, path, seed))
     refuse_shared_folders(plan)
+    unused_votes(ferplus, [recipe.dataset for recipe, *_ in plan])
     plan = [(recipe, run, run_action(run, recipe)) for recipe, run, _, _ in plan]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
