@@ -288,3 +288,42 @@ def test_votes_for_a_table_without_ferplus_runs_are_said_unused_once(pack, run, 
     err = capsys.readouterr().err
     assert err.count("not used") == 1, err  # once for the table, not per TTA pass
     assert "no run of this table is a FER+ run" in err
+
+
+def test_a_ferplus_run_resumes_with_its_votes_given_from_another_folder(tmp_path):
+    """A FER+ run cut short, resumed by `reproduce` with the same votes file given from
+    another folder (another spelling of --ferplus): it resumes; another file is refused."""
+    import numpy as np
+
+    from ferkit.data import FaceSet
+    from ferkit.data.ferplus import VOTE_COLUMNS
+
+    bars = bar_faces(SPLITS)
+    n = len(bars)
+    faces = FaceSet(images=bars.images, labels=np.zeros(n), splits=bars.splits,
+                    index=np.arange(n), info={"icml_rows": True})
+    data = faces.save_pack(tmp_path / "data" / "bars.fkpack", preset=1)
+    rows = [f"{split},fer{i:07d}.png," + ",".join(
+                str(10 if c == int(label) else 0) for c in range(len(VOTE_COLUMNS)))
+            for i, (split, label) in enumerate(zip(bars.splits, bars.labels, strict=True))]
+    text = "Usage,Image name," + ",".join(VOTE_COLUMNS) + "\n" + "\n".join(rows) + "\n"
+    first, second = tmp_path / "a" / "fer2013new.csv", tmp_path / "b" / "fer2013new.csv"
+    for votes in (first, second):
+        votes.parent.mkdir()
+        votes.write_text(text)
+    other = tmp_path / "b" / "votes-v2.csv"
+    other.write_text(text)
+    recipe = write_recipe(tmp_path / "fp.yaml", name="fp", dataset="ferplus", epochs=2,
+                          ferplus_csv="fer2013new.csv")
+    out = tmp_path / "table"
+    rp.reproduce([recipe], data, out, device="cpu", ferplus=str(first), tta="flip",
+                 max_minutes=1e-4)  # cut short after its first epoch
+    cut = json.loads((out / "fp" / "summary.json").read_text())
+    assert cut["stop_reason"] == "max_minutes" and cut["epochs_done"] == 1
+    with pytest.raises(DataError, match="ferplus_csv"):
+        rp.reproduce([recipe], data, out, device="cpu", ferplus=str(other), tta="flip")
+    rp.reproduce([recipe], data, out, device="cpu", ferplus=str(second), tta="flip")
+    done = json.loads((out / "fp" / "summary.json").read_text())
+    assert done["epochs_done"] == 2 and done.get("stop_reason") != "max_minutes"
+    assert "| fp |" in (out / "results.md").read_text().replace("`", "")
+
