@@ -24,7 +24,9 @@ from ferkit.faces import (
     crop_face,
     faces_to_tensor,
     get_detector,
+    resize,
     square_region,
+    to_gray,
 )
 from ferkit.models import create_model
 from ferkit.predict_cli import add_parsers
@@ -332,10 +334,22 @@ def test_whole_image_detector_classifies_ready_crops_as_evaluation_does(checkpoi
     assert face.box == [0, 0, 48, 48] and face.detection_score is None
     expected = rec.classify(crop[None])[0]
     assert [face.scores[c] for c in rec.class_names] == pytest.approx(expected.tolist(), abs=1e-6)
-    # a larger, non-square image becomes its centred square, edges repeated
-    wide = np.dstack([np.kron(crop, np.ones((2, 2), np.uint8))] * 3)
-    (face,) = rec.predict(np.pad(wide, ((0, 0), (10, 10), (0, 0)), mode="edge"))
+    # a larger, non-square image is stretched to the square, as `classify` and image-folder
+    # datasets read it: one view of a crop everywhere (it was padded here before)
+    wide = np.random.default_rng(1).integers(0, 256, (96, 116, 3), dtype=np.uint8)
+    (face,) = rec.predict(wide)
     assert face.box == [0, 0, 116, 96]
+    _, (crop,) = rec.faces_in(load_image(wide))
+    assert np.array_equal(crop, resize(to_gray(wide), 48, 48))
+    expected = rec.classify(wide)[0]
+    assert [face.scores[c] for c in rec.class_names] == pytest.approx(expected.tolist(), abs=1e-6)
+    # a margin is kept around the stretched square
+    framed = Recognizer(model=str(checkpoint), detector="none", device="cpu", margin=0.5)
+    (face,) = framed.predict(wide)
+    assert face.box == [0, 0, 116, 96]
+    _, (crop,) = framed.faces_in(load_image(wide))
+    square = resize(to_gray(wide), 116, 116)
+    assert np.array_equal(crop, crop_face(square, (0, 0, 116, 116), 0.5))
 
 
 def test_classify_takes_crops_as_predict_takes_images(recognizer):

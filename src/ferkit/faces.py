@@ -143,9 +143,9 @@ class HaarDetector(FaceDetector):
 
 class WholeImageDetector(FaceDetector):
     """No detection: the whole image is one face, for images that are already face crops
-    (FER2013-style 48 x 48 faces, another detector's output). The crop is the square on the
-    image's centre with its longer side (edge pixels repeated), as `crop_face` makes of any
-    box; ``score`` is None."""
+    (FER2013-style 48 x 48 faces, another detector's output). `Recognizer` stretches the
+    whole image to the model's square, as `Recognizer.classify` and image-folder datasets
+    read a crop (with a margin: around the stretched square); ``score`` is None."""
 
     name = "none"
     crop_margin = 0.0

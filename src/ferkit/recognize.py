@@ -492,6 +492,17 @@ class Recognizer:
         crops (N x size x size, cut as every path cuts them: `ferkit.faces.crop_face`)."""
         found = sorted(self.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
         crops = np.zeros((len(found), self.size, self.size), np.uint8)
+        if self.detector.name == "none" and found:
+            # a whole image that is a face crop: stretched to a square, as `classify` and
+            # image-folder datasets read a crop (not padded: one view of a crop everywhere)
+            gray = to_gray(loaded.pixels)
+            if self.margin == 0:
+                crops[0] = resize(gray, self.size, self.size)
+            else:  # the margin around the stretched square, as around any face box
+                side = max(gray.shape)
+                crops[0] = crop_face(resize(gray, side, side), (0, 0, side, side), self.margin,
+                                     self.size)
+            return found, crops
         for k, d in enumerate(found):
             crops[k] = crop_face(loaded.pixels, d.box, self.margin, self.size,
                                  eyes=d.landmarks[:2] if d.landmarks else None)
