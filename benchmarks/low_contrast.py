@@ -51,25 +51,21 @@ def changed(images: np.ndarray, change: str) -> np.ndarray:
     return np.clip(np.rint(CHANGES[change](x)), 0, 255).astype(np.uint8)
 
 
-def lifted(rec: Recognizer, faces: np.ndarray) -> np.ndarray:
-    """Which faces ``rec`` changes before scoring them (its `Recognizer.prepare`)."""
-    prepared = rec.prepare(faces)
-    return (prepared != faces).reshape(len(faces), -1).any(1)
-
-
 def accuracy_table(recognizers: dict[str, Recognizer], images: np.ndarray,
                    labels: np.ndarray, changes=tuple(CHANGES)) -> list[dict]:
     """One row per change: accuracy (%) per recognizer, and the share (%) of faces that
     the first recognizer lifts. One more row, "as recorded, lifted faces only": the faces
     it lifts without any change (the dataset's own low-contrast faces), and how many."""
-    first = next(iter(recognizers.values()))
     rows = []
     for change in changes:
         faces = changed(images, change)
-        moved = lifted(first, faces)
-        row = {"change": change, "lifted": float(moved.mean() * 100)}
+        row, moved = {"change": change}, None
         for name, rec in recognizers.items():
-            correct = rec.classify(faces).argmax(1) == labels
+            seen = rec.prepare(faces)  # once: what it scores, and which faces it lifts
+            if moved is None:  # the first recognizer's
+                moved = (seen != faces).reshape(len(faces), -1).any(1)
+                row["lifted"] = float(moved.mean() * 100)
+            correct = rec._probs(seen).argmax(1) == labels
             row[name] = float(correct.mean() * 100)
             if change == "as recorded":
                 row[name, "lifted"] = float(correct[moved].mean() * 100) if moved.any() else None
