@@ -3,6 +3,7 @@ the registry, and export (ONNX, torch.compile)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -428,3 +429,30 @@ def test_models_can_be_scripted(name):
     x = torch.randn(2, 1, 48, 48)
     with torch.no_grad():
         assert torch.allclose(torch.jit.script(model)(x), model(x), atol=1e-5)
+
+
+def test_models_lists_the_shipped_weights_with_their_test_scores(capsys):
+    """`ferkit models --weights`: each shipped checkpoint with its classes and the test
+    scores its metadata carries (the names `--model` takes); the plain listing names them."""
+    from ferkit.cli import main
+    from ferkit.weights import DEFAULT_MODEL, available_weights, load_model
+
+    assert main(["models", "--weights", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == available_weights() and len(rows) >= 2
+    assert [r["name"] for r in rows if r["default"]] == [DEFAULT_MODEL]
+    for row in rows:
+        _, meta = load_model(row["name"])
+        assert row["class_names"] == list(meta["class_names"]) and row["model"] == meta["model"]
+        assert row["test_accuracy"] == {m: meta["test_metrics"][m]["accuracy"]
+                                        for m in ("none", "flip", "ten-crop")}
+    assert main(["models", "--weights"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    fer = next(line for line in text if line.startswith(DEFAULT_MODEL))
+    first = next(r for r in rows if r["default"])
+    assert f"{100 * first['test_accuracy']['none']:.2f}%" in fer and "(the default)" in fer
+    assert "7 (FER2013)" in fer and fer.rstrip().endswith("on PrivateTest  (the default)")
+    plus = next(line for line in text if line.startswith("mba_cnn-ferplus"))
+    assert "8 (FER+)" in plus and "on FERTest" in plus
+    assert main(["models"]) == 0
+    assert f"shipped weights: {DEFAULT_MODEL} (the default)" in capsys.readouterr().out

@@ -124,6 +124,25 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .weights import weights_table
+
+    if args.weights:
+        rows = weights_table()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        datasets = {"fer2013": "FER2013", "ferplus": "FER+"}
+        print(f"{'weights':<18} {'model':<9} {'classes':<14} test accuracy: single crop / flip "
+              "/ ten-crop")
+        for r in rows:
+            classes = f"{len(r['class_names'])} ({datasets.get(r['dataset'], r['dataset'])})"
+            acc = " / ".join(f"{100 * r['test_accuracy'][m]:.2f}%" if m in r["test_accuracy"]
+                             else "-" for m in ("none", "flip", "ten-crop"))
+            split = ("FERTest" if r["dataset"] == "ferplus" and r["test_split"] == "PrivateTest"
+                     else r["test_split"])  # FER+'s name of FER2013's PrivateTest
+            print(f"{r['name']:<18} {r['model']:<9} {classes:<14} {acc} on {split}"
+                  + ("  (the default)" if r["default"] else ""))
+        return 0
     from .models.info import model_table
 
     rows = model_table()
@@ -133,6 +152,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{'model':<18} {'params':>12} {'GMACs':>8}  description")
         for r in rows:
             print(f"{r['name']:<18} {r['params']:>12,} {r['gmacs']:>8.3f}  {r['description']}")
+        names = [r["name"] + (" (the default)" if r["default"] else "") for r in weights_table()]
+        print(f"\nshipped weights: {', '.join(names) or 'none in this copy'}; `ferkit models "
+              "--weights` for their classes and test accuracy")
     return 0
 
 
@@ -215,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="join FER+ votes (fer2013new.csv) and check the FER+ majority labels")
     ck.set_defaults(func=_cmd_data_check)
 
-    m = sub.add_parser("models", help="list the registered models")
+    m = sub.add_parser("models", help="list the registered models and the shipped weights")
+    m.add_argument("--weights", action="store_true",
+                   help="list the shipped weights (--model NAME of the recognising commands) "
+                   "with their classes and test accuracy")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
 

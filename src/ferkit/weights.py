@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -73,3 +74,28 @@ def load_model(
         f"({_file(base, '.safetensors')} not found); pass the path of a checkpoint "
         "written by `ferkit train`"
     )
+
+
+def weights_table() -> list[dict]:
+    """One row per shipped checkpoint, from its metadata (the weights are not read): name,
+    model, dataset, class names, whether it is the default, and its test scores as shipped
+    (`scripts/ship_weights.py` scores the test split once per TTA mode)."""
+    rows = []
+    folder = _weights_folder()
+    for name in available_weights():
+        meta = json.loads(folder.joinpath(f"{name}.json").read_text())
+        tests = meta.get("test_metrics") or {}
+        scores = {mode: tests[mode]["accuracy"] for mode in ("none", "flip", "ten-crop")
+                  if isinstance(tests.get(mode), dict) and "accuracy" in tests[mode]}
+        rows.append({
+            "name": name,
+            "default": name == DEFAULT_MODEL,
+            "model": meta.get("model"),
+            "dataset": (meta.get("recipe") or {}).get("dataset"),
+            "class_names": list(meta.get("class_names", [])),
+            "test_split": next((t["split"] for t in tests.values()
+                                if isinstance(t, dict) and "split" in t), None),
+            "test_accuracy": scores,
+        })
+    return rows
+
