@@ -230,3 +230,48 @@ def test_plot_runs_help_says_the_target_is_a_fraction():
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 0
     assert "0.695 for 69.5%" in " ".join(proc.stdout.split())
+
+
+# ---- scripts/teacher_targets.py ----
+
+
+def test_teacher_targets_mix_the_label_with_the_teachers_tta_scores(checkpoint, tmp_path,
+                                                                     capsys):
+    import numpy as np
+
+    from ferkit.data import FaceSet, load
+    from ferkit.evaluate import predict_probs
+    from ferkit.weights import load_model
+
+    script = load_script("teacher_targets")
+    rng = np.random.default_rng(0)
+    splits = np.array(["Training"] * 12 + ["PublicTest"] * 5)
+    faces = FaceSet(images=rng.integers(0, 256, (17, 48, 48), dtype=np.uint8),
+                    labels=np.arange(17) % 7, splits=splits)
+    data = faces.save_pack(tmp_path / "d.fkpack", preset=1)
+    out = tmp_path / "soft.fkpack"
+    assert script.main([str(data), "--teacher", str(checkpoint), "--tta", "flip", "--hard",
+                        "0.25", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    soft = load(out)
+    assert np.array_equal(soft.images, faces.images) and np.array_equal(soft.labels, faces.labels)
+    model, _ = load_model(checkpoint)
+    probs = predict_probs(model, faces.images[:12], tta="flip")
+    onehot = np.eye(7, dtype=np.float32)[faces.labels]
+    np.testing.assert_allclose(soft.soft_labels[:12], 0.25 * onehot[:12] + 0.75 * probs,
+                               atol=1e-5)
+    assert np.array_equal(soft.soft_labels[12:], onehot[12:])  # no teacher output there
+    np.testing.assert_allclose(soft.soft_labels.sum(1), 1.0, atol=1e-5)
+
+    # the test split never goes into training data; nonsense is refused in one line
+    with_test = FaceSet(images=faces.images, labels=faces.labels,
+                        splits=np.where(splits == "PublicTest", "PrivateTest", splits))
+    held = with_test.save_pack(tmp_path / "t.fkpack", preset=1)
+    for argv, words in (([str(held)], "holds PrivateTest rows"),
+                        ([str(data), "--hard", "1.5"], "expected a weight in [0, 1]"),
+                        ([str(data), "--splits", "Nope"], "no Nope rows")):
+        assert script.main([*argv, "--teacher", str(checkpoint), "--out",
+                            str(tmp_path / "x.fkpack")]) == 2
+        assert words in capsys.readouterr().err
+    assert script.main([str(data), "--teacher", str(checkpoint), "--out", str(data)]) == 2
+    assert "--out" in capsys.readouterr().err and load(data).soft_labels is None

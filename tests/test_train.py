@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ferkit.checkpoint import load_checkpoint, save_checkpoint
-from ferkit.data import FaceSet, load
+from ferkit.data import DataError, FaceSet, load
 from ferkit.models import list_models
 from ferkit.models.registry import register
 from ferkit.recipe import Recipe
@@ -1156,3 +1156,23 @@ def test_eval_out_keeps_every_tta_mode_and_errors_before_warnings(trained, pack,
     with pytest.raises(ev.DataError, match=r"no split \['Foo'\]"):
         ev.evaluate(out / "best", pack, split="Foo", device="cpu", progress=False)
     assert warned == []
+
+
+def test_soft_targets_train_from_any_data_that_has_them(env, tmp_path):
+    """``targets: soft`` learns the data's distributions (a teacher's, for distillation),
+    not only FER+ votes; data without them is refused naming the key."""
+    faces = bar_faces(SPLITS)
+    recipe = tiny_recipe(epochs=1, targets="soft")
+    with pytest.raises(DataError, match="targets soft needs target distributions"):
+        fit(recipe, faces, tmp_path / "none", device="cpu", progress=False)
+    soft = np.full((len(faces), 7), 1 / 7, np.float32)  # uniform: nothing to learn
+    faces.soft_labels = soft
+    fit(recipe, faces, tmp_path / "flat", device="cpu", progress=False)
+    faces.soft_labels = np.eye(7, dtype=np.float32)[faces.labels]
+    fit(recipe, faces, tmp_path / "sharp", device="cpu", progress=False)
+    losses = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+              ["train_loss"] for run in ("flat", "sharp")]
+    hard = fit(tiny_recipe(epochs=1), faces, tmp_path / "hard", device="cpu", progress=False)
+    sharp = json.loads((tmp_path / "sharp" / "summary.json").read_text())
+    assert sharp["best_val_acc"] == hard["best_val_acc"]  # one-hot soft targets: the labels
+    assert losses[0] > losses[1]  # a uniform target cannot be fitted below log 7

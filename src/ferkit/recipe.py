@@ -31,7 +31,8 @@ class Recipe:
     model_options: dict = field(default_factory=dict)
     dataset: str = "fer2013"  # or "ferplus" (needs ferplus_csv)
     ferplus_csv: str | None = None
-    targets: str = "hard"  # "soft": FER+ vote distributions
+    # "soft": the data's target distributions (FER+ votes; a teacher's, for distillation)
+    targets: str = "hard"
     train_splits: list[str] = field(default_factory=lambda: ["Training"])
     val_split: str = "PublicTest"
     # where the data has no val_split (e.g. plain class folders: one split, "all"), hold out
@@ -107,8 +108,6 @@ class Recipe:
             raise ValueError("dataset ferplus needs ferplus_csv (the fer2013new.csv votes)")
         if self.targets not in ("hard", "soft"):
             raise ValueError(f"targets {self.targets!r}: use hard or soft")
-        if self.targets == "soft" and self.dataset != "ferplus":
-            raise ValueError("soft targets need dataset: ferplus (the vote distributions)")
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights {self.class_weights!r}: use none or balanced")
         if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:

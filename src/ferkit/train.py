@@ -158,6 +158,10 @@ def load_data(
             f"train_splits (e.g. --set train_splits=[{faces.split_names[0]}])"
         )
     train = faces.subset(recipe.train_splits)
+    if recipe.targets == "soft" and train.soft_labels is None:
+        raise DataError(f"{data}: targets soft needs target distributions: dataset ferplus (the "
+                        "votes), or data with soft_labels (a pack written with them, e.g. a "
+                        "teacher's, for distillation)")
     wanted = [recipe.val_split] if isinstance(recipe.val_split, str) else list(recipe.val_split)
     absent = [s for s in wanted if s not in faces.split_names]
     # a split of no labels (Kaggle's test.csv) cannot select an epoch: as good as absent
