@@ -301,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             report("load", run_load(url, photo, args.clients, args.seconds, args.busy_pause))
             if args.overload:
                 clients = args.clients * args.overload_factor
+                capacity = health["workers"] + health["queue_size"]
+                if clients <= capacity:
+                    print(
+                        f"note: the overload's {clients} clients fit in the service's "
+                        f"{health['workers']} worker(s) + queue {health['queue_size']} = "
+                        f"{capacity}: no 503 is expected; raise --clients or "
+                        f"--overload-factor so that clients exceed {capacity}"
+                    )
                 over = run_load(url, photo, clients, args.seconds, args.busy_pause)
                 report("overload", over)
                 refused = over["statuses"].get(503, 0)

@@ -16,10 +16,12 @@ Every error is JSON, ``{"error": {"code": ..., "message": ...}}``:
   (a declared ``Content-Length`` above the limit is refused before any of it is read);
 * 413 ``too_many_pixels``: the image header declares more than ``max_pixels`` pixels
   (checked with PIL before anything is decoded: decompression bombs never reach the decoder);
-* 415 ``unsupported_media_type``: a Content-Type or image format the service does not take;
+* 415 ``unsupported_media_type``: a Content-Type or image format the service does not take,
+  or a compressed body (any ``Content-Encoding`` but ``identity``);
 * 422 ``corrupt_image``: not a readable image;
 * 503 ``busy`` (with ``Retry-After``): every inference worker is busy and the wait queue is
-  full; the request did not run and may be retried.
+  full; the request did not run (its body is not read when the queue is full already) and
+  may be retried.
 
 A request whose client disconnects while it waits for a worker is withdrawn from the queue
 (its slot frees at once); one that is already running finishes and its answer is dropped.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import email.message
 import io
 import logging
 import threading
@@ -81,7 +84,8 @@ _FORMAT_MIME = {
     "GIF": ("image/gif",),
     "BMP": ("image/bmp", "image/x-bmp", "image/x-ms-bmp"),
     "TIFF": ("image/tiff", "image/tiff-fx"),
-    "PPM": ("image/x-portable-anymap", "image/x-portable-pixmap", "image/x-portable-graymap"),
+    "PPM": ("image/x-portable-anymap", "image/x-portable-pixmap", "image/x-portable-graymap",
+            "image/x-portable-bitmap"),  # .pbm: what browsers and curl send for it
     "AVIF": ("image/avif",),
 }
 _FORMAT_NAMES = {"WEBP": "WebP"}
@@ -144,6 +148,17 @@ class Settings:
             raise ValueError("max_upload_bytes must be positive")
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be positive")
+        if isinstance(self.cors_origins, str):
+            raise ValueError("cors_origins must be a list of origins, not one string")
+        for origin in self.cors_origins:
+            if origin != "*" and not _is_origin(origin):
+                # a browser's Origin header is compared as it is: "https://example.org/" or
+                # "example.org" would never match, and CORS would stay off without a word
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin as browsers send it: "
+                    "scheme://host[:port] in lower case, e.g. https://example.org or "
+                    "http://localhost:3000 (no path, not even a trailing '/'), or * for any"
+                )
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts must be a list of host names, not one string")
         for host in self.allowed_hosts:
@@ -155,6 +170,23 @@ class Settings:
                     f"allowed_hosts: {host!r} is not a host name (e.g. localhost, "
                     "example.org, 192.0.2.7 or ::1; no scheme, port or path)"
                 )
+
+
+def _is_origin(text: str) -> bool:
+    """Whether ``text`` is an origin as a browser's ``Origin`` header gives it."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a malformed port)
+    except ValueError:
+        return False
+    return (
+        bool(parts.scheme)
+        and bool(parts.hostname)
+        and parts.username is None
+        and not (parts.path or parts.query or parts.fragment)
+        and text == text.strip().lower()
+        and "?" not in text and "#" not in text
+    )
 
 
 class ApiError(Exception):
@@ -383,9 +415,35 @@ def _unsupported_type(what: str) -> ApiError:
     )
 
 
+def _refuse_content_encoding(request: Request) -> None:
+    """415 for a compressed body (``Content-Encoding: gzip``, ...): the service reads image
+    bytes as they are, so a compressed body would be called a corrupt image."""
+    codings = [c.strip().lower() for c in request.headers.get("content-encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if codings:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {', '.join(repr(c) for c in codings)} is not accepted: send the "
+            "image file's bytes as they are, without a Content-Encoding (image formats are "
+            "compressed already)",
+        )
+
+
+def _multipart_complete(content_type: str, body: bytes) -> bool:
+    """Whether a multipart body ends with its closing boundary (``--BOUNDARY--``)."""
+    msg = email.message.Message()
+    msg["content-type"] = content_type
+    boundary = msg.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return True  # the parser has already said what is wrong with it
+    return f"--{boundary}--".encode("latin-1", "replace") in body
+
+
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """(image bytes, declared media type) of a multipart or raw-body upload."""
     media = _media_type(request)
+    _refuse_content_encoding(request)
     if media == "multipart/form-data":
         body = await read_limited(request, max_bytes + MULTIPART_OVERHEAD, max_bytes)
 
@@ -395,6 +453,15 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
         try:
             upload = form.get("file")
+            if not isinstance(upload, UploadFile) and not _multipart_complete(
+                request.headers.get("content-type", ""), body
+            ):
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    "the multipart body ends before its closing boundary (an incomplete "
+                    "upload?); send the whole form with the image as the multipart field 'file'",
+                )
             if not isinstance(upload, UploadFile):
                 raise ApiError(
                     400, "missing_file", "no file: send the image as the multipart field 'file'"
@@ -823,6 +890,14 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
     }
     pool = InferencePool(_worker_recognizers(recognizer, settings.workers), settings.queue)
 
+    def _busy() -> ApiError:
+        return ApiError(
+            503,
+            "busy",
+            "the service is busy (all workers busy and the queue full); retry shortly",
+            {"Retry-After": str(settings.retry_after_s)},
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -887,6 +962,8 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
         limits are chosen when the service starts (``ferkit serve --model ...``)."""
         t_start = time.perf_counter()
         _refuse_query(request)
+        if not pool.stats()["accepting"]:  # refused before the body is read, not after
+            raise _busy()
         data, _ = await read_upload(request, settings.max_upload_bytes)
         check_header(data, settings.max_pixels)
         t_queued = time.perf_counter()
@@ -908,12 +985,7 @@ def create_app(recognizer: Any = None, settings: Settings | None = None) -> Fast
 
         fut = pool.submit(job)
         if fut is None:
-            raise ApiError(
-                503,
-                "busy",
-                "the service is busy (all workers busy and the queue full); retry shortly",
-                {"Retry-After": str(settings.retry_after_s)},
-            )
+            raise _busy()
         try:
             result = await _result_unless_gone(request, pool, fut)
         except ImageError as exc:

@@ -78,8 +78,9 @@ def add_parsers(subparsers) -> None:
         action="extend",
         default=[],
         metavar="ORIGIN",
-        help="let pages from ORIGIN (e.g. https://example.org, or *) call the API from a "
-        "browser (default: CORS off, only the service's own page)",
+        help="let pages from ORIGIN (scheme://host[:port] as browsers send it, e.g. "
+        "https://example.org, no trailing /; or *) call the API from a browser (default: "
+        "CORS off, only the service's own page)",
     )
     p.add_argument(
         "--allowed-host",
@@ -176,6 +177,19 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _import_multipart() -> None:
+    """python-multipart, which form uploads (the web page's among them) need: without it
+    the service would start and answer every multipart request with 500. ImportError
+    when it is missing."""
+    try:
+        import python_multipart  # noqa: F401 - its name since python-multipart 0.0.13
+    except ModuleNotFoundError:
+        try:
+            from multipart.multipart import parse_options_header  # noqa: F401 - older ones
+        except ImportError:
+            raise ImportError("No module named 'python_multipart'") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Take the port, load the model, announce the address and run uvicorn. Start-up errors
     (a device this machine lacks, a missing checkpoint) propagate as they are:
@@ -184,10 +198,27 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .app import MB, Settings, create_app
+
+        _import_multipart()
     except ImportError as exc:
         print(
             f"ferkit: error: `ferkit serve` needs FastAPI and uvicorn ({exc}); "
             "install them with: pip install 'ferkit[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.host.strip():
+        # an empty address would listen on every interface, announced as http://:PORT/
+        print(
+            "ferkit: error: --host is empty; give an address, e.g. 127.0.0.1 (this machine "
+            "only, the default) or 0.0.0.0 (every interface)",
+            file=sys.stderr,
+        )
+        return 2
+    if int(args.max_upload_mb * MB) < 1:
+        print(
+            f"ferkit: error: --max-upload-mb {args.max_upload_mb:g} is less than one byte; "
+            "give the largest accepted upload in MB, e.g. 10",
             file=sys.stderr,
         )
         return 2

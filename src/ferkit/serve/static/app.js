@@ -23,6 +23,7 @@
     maxPixels: 50000000,
     formats: el.formats.textContent, // "JPEG, PNG, ... or AVIF", from the server once known
     stream: null, // the webcam's MediaStream while it runs
+    starting: false, // a webcam start is waiting for the browser (its permission prompt)
     timer: null,
     inFlight: false, // at most one webcam request at a time
     generation: 0, // bumped whenever a new photo or webcam run supersedes the last
@@ -292,11 +293,18 @@
   // ---- webcam ----
 
   async function startCamera() {
+    // a second click while the browser still asks for the camera would open a second
+    // stream, and stopping would then leave one of them (and the camera light) on
+    if (state.starting) return;
     clearError();
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       showError({ code: "no_camera", message: "This browser cannot use a webcam on this page (webcams need https or localhost)." });
       return;
     }
+    const gen = state.generation;
+    state.starting = true;
+    el.camera.setAttribute("aria-busy", "true");
+    setStatus("Starting the webcam…");
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({
@@ -304,7 +312,16 @@
         audio: false,
       });
     } catch (e) {
+      if (gen === state.generation) setStatus("");
       showError({ code: "camera_unavailable", message: `The webcam could not be started (${e.name}: ${e.message}).` });
+      return;
+    } finally {
+      state.starting = false;
+      el.camera.removeAttribute("aria-busy");
+    }
+    if (gen !== state.generation) {
+      // a photo was chosen while the browser asked for the camera: the photo wins
+      stream.getTracks().forEach((t) => t.stop());
       return;
     }
     state.generation++;
@@ -339,6 +356,8 @@
   }
 
   async function cameraTick() {
+    // a frame of an earlier webcam run still awaiting its answer schedules this run's
+    // first frame when it ends (below)
     if (!state.stream || state.inFlight) return;
     const gen = state.generation;
     const started = performance.now();
@@ -368,6 +387,8 @@
       state.inFlight = false;
       if (state.stream && gen === state.generation) {
         schedule(Math.max(0, delay - (performance.now() - started)));
+      } else if (state.stream) {
+        schedule(0); // the webcam was stopped and started again while this frame was out
       }
     }
   }
