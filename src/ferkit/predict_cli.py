@@ -7,6 +7,7 @@ import csv
 import glob
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,32 +32,78 @@ def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def expand_inputs(args: list[str]) -> list[Input]:
-    """Files as given, folders searched recursively for images, glob patterns expanded."""
+def _folder_name(folder: Path) -> Path:
+    """The name a folder's files are written under in --annotate: its own name (that of
+    the folder it means for ``..``, never a ``..`` that would lead out of --annotate)."""
+    name = folder.name
+    if name == "..":
+        name = folder.resolve().name
+    return Path(name)
+
+
+def _fixed_parts(pattern: Path) -> list[str]:
+    """The folders a glob pattern starts with, up to its first part with a wildcard."""
+    parts = []
+    for part in pattern.parts:
+        if _has_magic(part):
+            break
+        parts.append(part)
+    return parts or ["."]
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    """True when ``path`` (resolved) lies in ``folder`` (resolved), or is it."""
+    return folder is not None and (path == folder or folder in path.parents)
+
+
+def expand_inputs(args: list[str], skip: str | Path | None = None) -> list[Input]:
+    """Files as given, folders searched recursively for images, glob patterns expanded.
+
+    The same file named twice (``a.jpg``, ``./a.jpg``) is taken once. ``skip``: a folder
+    (the --annotate output) whose files a folder search or glob leaves out where it lies
+    inside the searched folder: the annotated copies of one run are not the next run's
+    inputs.
+    """
     from .data.faceset import IMAGE_EXTENSIONS  # numpy: not for `ferkit --help`
 
     out: list[Input] = []
     seen: set[str] = set()
+    skipped = Path(skip).resolve() if skip is not None else None
 
     def add(item: Input) -> None:
-        if item.error is not None or item.name not in seen:
-            seen.add(item.name)
+        key = os.path.normpath(os.path.abspath(item.name))
+        if item.error is not None or key not in seen:
+            seen.add(key)
             out.append(item)
+
+    def kept(found: Path, searched: Path) -> bool:
+        # the output folder is left out only where it is inside the folder searched
+        if skipped is None or not _inside(skipped, searched) or skipped == searched:
+            return True
+        return not _inside(found.parent.resolve(), skipped)
 
     for arg in args:
         p = Path(arg)
         if p.is_dir():
+            top = p.resolve()
             found = sorted(
-                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and kept(f, top)
             )
             if not found:
                 add(Input(arg, p, error=f"{arg}: no image files in this folder"))
             for f in found:
-                add(Input(str(f), Path(p.name) / f.relative_to(p)))
+                add(Input(str(f), _folder_name(p) / f.relative_to(p)))
         elif p.exists() or not _has_magic(arg):
             add(Input(arg, Path(p.name)))
         else:
-            matches = sorted(m for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            top = Path(*_fixed_parts(p)).resolve()
+            matches = sorted(
+                m
+                for m in glob.glob(arg, recursive=True)
+                if Path(m).is_file() and kept(Path(m), top)
+            )
             if not matches:
                 add(Input(arg, p, error=f"{arg}: no files match"))
             for m in matches:
@@ -186,20 +233,52 @@ def add_parsers(subparsers) -> None:
         metavar="OUT_DIR",
         default=None,
         help="write a copy of each image with boxes and labels into OUT_DIR (same relative "
-        "names; at most 4096 pixels on a side); never over an input file",
+        "names; at most 4096 pixels on a side); never over an input file (also not through "
+        "a link); inside a folder given as input, it is left out of that folder's search",
     )
     add_recognizer_arguments(p, backend=True)
     p.set_defaults(func=run_predict)
 
 
-class _Printer:
-    """Writes lines to stdout and stderr without breaking a progress bar."""
+def stdout_to_devnull() -> None:
+    """After standard output was closed by its reader: what is still buffered for it goes
+    nowhere, instead of failing again when Python exits."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
-    def __init__(self, bar) -> None:
+
+class _Printer:
+    """Writes lines to stdout and stderr without breaking a progress bar.
+
+    With ``keep_going`` (other outputs are being written), standard output closed by its
+    reader (``| head``) sets ``closed`` and its further lines go nowhere, instead of
+    stopping the run."""
+
+    def __init__(self, bar, keep_going: bool = False) -> None:
         self.bar = bar
+        self.keep_going = keep_going
+        self.closed = False
 
     def out(self, text: str) -> None:
-        self._write(text, sys.stdout)
+        self._guarded(lambda: self._write(text, sys.stdout))
+
+    def flush(self) -> None:
+        self._guarded(sys.stdout.flush)
+
+    def _guarded(self, write) -> None:
+        if self.closed:
+            return
+        try:
+            write()
+        except BrokenPipeError:
+            if not self.keep_going:
+                raise  # nothing else is being written: a quiet stop (cli)
+            self.closed = True
+            stdout_to_devnull()
 
     def err(self, text: str) -> None:
         self._write(text, sys.stderr)
@@ -290,19 +369,36 @@ def _annotated_path(out_dir: Path, relative: Path, used: set[Path]) -> Path:
     return target
 
 
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """The (device, inode) of an existing file: the same for each of its hard links."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def annotation_targets(out_dir: Path, inputs: list[Input]) -> dict[int, Path]:
     """Where each readable input's annotated copy goes (by index into ``inputs``), checked
-    before any work: the folder can be made, and no copy would replace an input file."""
+    before any work: the folder can be made, and no copy would replace an input file (also
+    not through a link: a copy written over a hard link of an input would change it)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--annotate {out_dir}: not a folder (it is a file)")
     used: set[Path] = set()
     targets = {k: _annotated_path(out_dir, item.relative, used)
                for k, item in enumerate(inputs) if item.error is None}
     originals = {Path(item.name).resolve(): item.name for item in inputs if item.error is None}
+    on_disk = {}
+    for item in inputs:
+        if item.error is None and (key := _file_id(item.name)) is not None:
+            on_disk.setdefault(key, item.name)
     for target in targets.values():
-        if target.resolve() in originals:
+        same = originals.get(target.resolve())
+        if same is None and (key := _file_id(target)) is not None:
+            same = on_disk.get(key)
+        if same is not None:
             raise ValueError(
-                f"--annotate {out_dir} would replace the input {originals[target.resolve()]} "
+                f"--annotate {out_dir} would replace the input {same} "
                 "with its annotated copy; choose a folder outside the inputs"
             )
     try:
@@ -310,6 +406,32 @@ def annotation_targets(out_dir: Path, inputs: list[Input]) -> dict[int, Path]:
     except OSError as exc:
         raise ValueError(f"--annotate {out_dir}: cannot create this folder ({exc})") from None
     return targets
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this run made (innermost first) where they are still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _recognise(recognizer, chunk: list[Input], loaded: dict, errors: dict[int, str]) -> dict:
+    """The faces of each loaded image of ``chunk`` (by index), in one batch; where the batch
+    fails, image by image, so that one image recognition fails on (an error naming it, in
+    ``errors``) does not end the others."""
+    try:
+        return dict(zip(loaded, recognizer.predict_batch(list(loaded.values())), strict=True))
+    except Exception:
+        pass  # an image spoiled the batch: find which, one by one
+    results = {}
+    for k, image in loaded.items():
+        try:
+            results[k] = recognizer.predict(image)
+        except Exception as exc:
+            errors[k] = f"{chunk[k].name}: recognition failed ({type(exc).__name__}: {exc})"
+    return results
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -322,16 +444,25 @@ def run_predict(args: argparse.Namespace) -> int:
         paths.append(str(sample_path("astronaut")))
     if not paths:
         raise ValueError("no input: give image paths, folders or globs, or --sample")
-    inputs = expand_inputs(paths)
-    out_dir = Path(args.annotate) if args.annotate else None
+    if args.annotate is not None and not args.annotate.strip():
+        raise ValueError("--annotate is empty: expected a folder (use . for this one)")
+    out_dir = Path(args.annotate) if args.annotate is not None else None
+    inputs = expand_inputs(paths, skip=out_dir)
+    made: list[Path] = []  # the folders --annotate makes, outermost first
+    if out_dir is not None:
+        made = [q for q in (out_dir, *out_dir.parents) if not q.exists()][::-1]
     targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
-    recognizer = recognizer_from_args(args)
+    try:
+        recognizer = recognizer_from_args(args)
+    except BaseException:
+        _remove_empty(made)  # no empty --annotate folder from a run that never started
+        raise
     bar = None
     if len(inputs) >= _PROGRESS_MIN_FILES and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(inputs), unit="file", file=sys.stderr)
-    printer = _Printer(bar)
+    printer = _Printer(bar, keep_going=out_dir is not None)
     if args.json:
         writer = _JsonLines(printer, inputs)
     elif args.csv:
@@ -352,7 +483,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 loaded[k] = load_image(item.name)
             except (ImageError, OSError) as exc:
                 errors[k] = str(exc)
-        results = dict(zip(loaded, recognizer.predict_batch(list(loaded.values())), strict=True))
+        results = _recognise(recognizer, chunk, loaded, errors)
         for k, item in enumerate(chunk):
             error = errors.get(k)
             target = targets.get(start + k)
@@ -373,11 +504,14 @@ def run_predict(args: argparse.Namespace) -> int:
                          annotated=None if error or target is None else target)
             if bar is not None:
                 bar.update(1)
-        sys.stdout.flush()
+        printer.flush()
     if bar is not None:
         bar.close()
+    if printer.closed:
+        printer.err("ferkit: standard output was closed early; its lines stopped there, the "
+                    "annotated images went on")
     if out_dir is not None:
         printer.err(f"ferkit: {annotated} annotated image(s) written to {out_dir}")
     if failed:
         printer.err(f"ferkit: {failed} of {len(inputs)} input(s) failed")
-    return 1 if failed else 0
+    return 1 if failed or printer.closed else 0

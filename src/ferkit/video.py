@@ -10,6 +10,7 @@ each track's scores over time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
@@ -26,7 +27,7 @@ import numpy as np
 from .data.faceset import IMAGE_EXTENSIONS
 from .faces import _import_cv2
 from .fileio import PROGRESS_SECONDS, output_file
-from .predict_cli import recognizer_from_args
+from .predict_cli import recognizer_from_args, stdout_to_devnull
 from .recognize import _PALETTE, Face, Recognizer
 
 #: Frames per second written when a video does not say its own.
@@ -112,6 +113,8 @@ class IouTracker:
     def __post_init__(self) -> None:
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        if not 0.0 <= self.iou_threshold <= 1.0:  # NaN too: no silent new id per frame
+            raise ValueError(f"iou_threshold must be in [0, 1], got {self.iou_threshold}")
         if self.max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {self.max_missed}")
 
@@ -499,17 +502,6 @@ class _CsvOut:
             self.file.flush()
 
 
-def _stdout_to_devnull() -> None:
-    """After standard output was closed by its reader: what is still buffered for it goes
-    nowhere, instead of failing again when Python exits."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
 def _progress_line(name: str, done: int, total: int | None, elapsed: float) -> str:
     rate = done / max(elapsed, 1e-9)
     if total is None or done >= total:
@@ -522,6 +514,9 @@ def _progress_line(name: str, done: int, total: int | None, elapsed: float) -> s
 
 
 def run_video(args: argparse.Namespace) -> int:
+    for option, value in (("--out", args.out), ("--csv", args.csv)):
+        if value is not None and not value.strip():  # not silently nothing written
+            raise ValueError(f"{option} is empty: give the file to write")
     if Path(args.input).suffix.lower() in IMAGE_EXTENSIONS - {".gif", ".webp"}:
         # OpenCV would read a photo as a one-frame video (GIF and WebP may be animations)
         raise ValueError(f"{args.input}: a photo, not a video; use `ferkit predict "
@@ -544,6 +539,13 @@ def run_video(args: argparse.Namespace) -> int:
     table = None
     bar = None
     note = ""
+    # the folders the outputs would need that are not there yet: removed again (where
+    # still empty) when the run stops before it starts, e.g. on a model that cannot load
+    new_folders = sorted(
+        {q for f in (args.out, args.csv) if f and f != "-" for q in Path(f).parents
+         if not q.exists()},
+        key=lambda q: -len(q.parts),
+    )
     try:
         # every output checked (and found writable) before any is made
         out = _out_file(args.out, [args.input]) if args.out else None
@@ -575,6 +577,9 @@ def run_video(args: argparse.Namespace) -> int:
         stream.close()
         if bar is not None:
             bar.close()
+        for folder in new_folders:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     faces_seen = 0
     ids: set[int] = set()
@@ -614,7 +619,7 @@ def run_video(args: argparse.Namespace) -> int:
         if table is not None and closed_at is None:
             table.close()
     if closed_at is not None:
-        _stdout_to_devnull()
+        stdout_to_devnull()
         of = f" of {stream.frame_count}" if stream.frame_count is not None else ""
         print(
             f"ferkit: standard output was closed early; the annotated video {args.out} holds "
@@ -682,22 +687,25 @@ def run_webcam(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    recognizer = recognizer_from_args(args)
     cv2 = _import_cv2()
     window = "ferkit webcam (q to quit)"
+    names: list[str] = []
 
     def show(frame: np.ndarray, result: FrameResult) -> None:
-        cv2.imshow(window, draw_tracked(frame, result.faces, recognizer.class_names))
+        cv2.imshow(window, draw_tracked(frame, result.faces, names))
 
+    # the camera is opened (none there is said at once) before the model loads
     try:
         stream = process_video(
-            args.camera, recognizer, every=args.every, smoothing=args.smooth, on_frame=show
+            args.camera, None, every=args.every, smoothing=args.smooth, on_frame=show
         )
     except ValueError as exc:
         print(f"ferkit: error: {exc}", file=sys.stderr)
         return 2
     frames = 0
     try:
+        stream.recognizer = recognizer_from_args(args)
+        names = stream.recognizer.class_names
         cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         for _ in stream:
             frames += 1
@@ -708,8 +716,18 @@ def run_webcam(args: argparse.Namespace) -> int:
                 break  # the window was closed
         else:
             print(f"ferkit: camera {args.camera} stopped sending frames", file=sys.stderr)
+    except cv2.error as exc:  # e.g. a GUI backend that cannot reach the display
+        reason = (str(exc).strip().splitlines() or ["unknown"])[-1]
+        print(
+            f"ferkit: error: ferkit webcam cannot show its window here (OpenCV: {reason}); "
+            "without a window: record a clip and run `ferkit video CLIP.mp4 --out "
+            "annotated.mp4`, or use `ferkit serve`",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         stream.close()
-        cv2.destroyAllWindows()
+        with contextlib.suppress(cv2.error):
+            cv2.destroyAllWindows()
     print(f"{frames} frames shown")
     return 0
