@@ -200,6 +200,11 @@ def test_tiles_overlap_by_half_and_cover_the_image():
             assert side == -(-max(w, h) // n) and x + side <= max(w, side)
             covered[y : y + side, x : x + side] = True
         assert covered.all()
+    # tiny images: one-pixel tiles are none (the step of half a tile was 0: a crash)
+    assert tile_grid(2, 2, 2) == tile_grid(1, 2, 2) == tile_grid(4, 4, 4) == []
+    assert tile_grid(4, 4, 2) == [(x, y, 2) for y in (0, 1, 2) for x in (0, 1, 2)]
+    for shape in [(1, 2, 3), (2, 1, 3), (4, 4, 3)]:
+        assert get_detector("blazeface", tiles=4).detect(np.zeros(shape, np.uint8)) == []
 
 
 def test_tiles_find_a_face_too_small_for_the_whole_image_pass(astronaut):

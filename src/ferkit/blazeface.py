@@ -355,10 +355,13 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, f
 def tile_grid(width: int, height: int, tiles: int) -> list[tuple[int, int, int]]:
     """(x, y, side) of square tiles, ``1/tiles`` of the longer side, that overlap by half
     and cover a width x height image (tiles are cut short where the image is narrower);
-    none for ``tiles`` <= 1."""
+    none for ``tiles`` <= 1, and none where a tile would be one pixel (a tiny image: the
+    whole-image pass covers it)."""
     if tiles <= 1:
         return []
     side = -(-max(width, height) // tiles)
+    if side < 2:
+        return []
 
     def starts(extent: int) -> list[int]:
         return [*range(0, extent - side, side // 2), extent - side] if extent > side else [0]
