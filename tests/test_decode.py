@@ -247,3 +247,22 @@ def test_float_pixels_outside_0_1_are_clipped_only_within_the_documented_margin(
             load_image(face)
     text = " ".join((REPO / "docs" / "recognition.md").read_text().split())
     assert f"float in 0..1 ({low:g}..{high:g}" in text  # the docs say the same margin
+
+
+def test_float_image_files_are_read_by_the_range_their_values_use(tmp_path):
+    """PIL's float mode (PFM, float TIFF): a PFM's 0..1 was read as 0..255 (near black), a
+    TIFF of 16-bit levels refused with advice for Python callers."""
+    ramp = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48)
+    want = np.clip(ramp * 255 + 0.5, 0, 255).astype(np.uint8)
+    pfm = tmp_path / "face.pfm"  # little-endian gray PFM, rows bottom to top
+    pfm.write_bytes(b"Pf\n48 48\n-1.0\n" + ramp[::-1].astype("<f4").tobytes())
+    assert np.array_equal(load_image(pfm).pixels, want)
+    for scale, levels in ((255.0, want), (4095.0, None), (65535.0, None)):
+        tif = tmp_path / f"face-{scale:g}.tif"
+        Image.fromarray(ramp * np.float32(scale), mode="F").save(tif)
+        pixels = load_image(tif).pixels
+        if levels is not None:
+            assert np.abs(pixels.astype(int) - levels).max() <= 1
+        else:  # integer levels of 12 or 16 bits: the full 8-bit range, in order
+            assert pixels.min() == 0 and pixels.max() == 255
+            assert (np.diff(pixels.ravel().astype(int)) >= 0).all()

@@ -76,6 +76,22 @@ def array_to_uint8(arr: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported image array dtype {arr.dtype}")
 
 
+def float_file_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """uint8 pixels of a float image read from a file (PIL mode ``F``: PFM, float TIFF),
+    whose files say nothing of their range: values up to 1 (`FLOAT_RANGE`'s overshoot
+    included) are 0..1 (PFM's convention), up to 255 are 0..255, larger ones integer
+    levels of the bit depth they use (as 16-bit files are read); negative values and NaN
+    are 0."""
+    arr = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=65535.0)
+    arr = np.maximum(arr, 0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if top <= FLOAT_RANGE[1]:
+        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if top <= 255.0:
+        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    return array_to_uint8(np.clip(np.rint(arr), 0, 65535).astype(np.uint16))
+
+
 def rgba_over_white(rgba: np.ndarray) -> np.ndarray:
     """uint8 H x W x 3 of a uint8 H x W x 4 array, composited over white by its alpha."""
     alpha = rgba[:, :, 3:].astype(np.float32) / 255.0
@@ -90,18 +106,18 @@ def _over_white(rgba: Image.Image) -> Image.Image:
 
 def pil_to_8bit(img: Image.Image) -> Image.Image:
     """An ``L`` or ``RGB`` copy of any PIL mode (``L`` and ``RGB`` images as they are):
-    integer modes scaled by `array_to_uint8`, ``F`` read as 0..255, alpha and palette
-    transparency composited over white, other modes (CMYK, YCbCr, ...) converted to RGB."""
+    integer modes scaled by `array_to_uint8`, ``F`` by the range its values use (`float_file_to_uint8`),
+    alpha and palette transparency composited over white, other modes (CMYK, YCbCr, ...)
+    converted to RGB."""
     mode = img.mode
     if mode in ("L", "RGB"):
         return img
     if mode == "1":
         return img.convert("L")
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img)
-        if mode == "F":
-            arr = arr / 255.0  # PIL float images hold 0..255
-        return Image.fromarray(array_to_uint8(arr))
+    if mode == "F":
+        return Image.fromarray(float_file_to_uint8(np.asarray(img)))
+    if mode.startswith("I"):
+        return Image.fromarray(array_to_uint8(np.asarray(img)))
     if mode == "P" and "transparency" not in img.info:
         return img.convert("RGB")
     if mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
