@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from .faces import FACE_SIZE, faces_to_tensor
 from .fileio import output_file
 from .models.layers import SpatialAttention
 from .predict_cli import recognizer_from_args
-from .recognize import Face, LoadedImage, Recognizer, lift_contrast, load_image
+from .recognize import (
+    Face,
+    LoadedImage,
+    Recognizer,
+    as_face_crops,
+    lift_contrast,
+    load_image,
+)
 
 _CHUNK = 32
 
@@ -60,6 +68,17 @@ def _spatial_modules(model: nn.Module) -> list[tuple[str, SpatialAttention]]:
                 short = short.removesuffix(suffix)
             out.append((short or name or "spatial", module))
     return out
+
+
+def _unwrap(model):
+    """The network inside an EMA (`torch.optim.swa_utils.AveragedModel`, as ferkit's
+    trainer keeps) or (Distributed)DataParallel wrapper; any other model as it is."""
+    from torch.optim.swa_utils import AveragedModel
+
+    wrappers = (AveragedModel, nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
 
 
 def _has_features(model: nn.Module) -> bool:
@@ -159,21 +178,24 @@ def _explain_batch(
             if targets is None:
                 targets = logits.argmax(1)
             return logits.cpu(), maps, None, targets.cpu(), None
-        with torch.enable_grad(), _FeatureCapture(model) as cap:
-            # a graph even when the weights are frozen
-            logits = model(x.detach().requires_grad_(True))
-        feats = cap.output
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 4 or not feats.requires_grad:
-            raise ValueError(
-                f"{type(model).__name__}.forward() did not call features(), or features() "
-                "did not return an N x C x H x W tensor on the path to the logits; Grad-CAM "
-                "needs that feature map"
-            )
-        if targets is None:
-            targets = logits.detach().argmax(1)
-        targets = targets.to(logits.device)
-        chosen = logits.gather(1, targets[:, None]).sum()
-        (grads,) = torch.autograd.grad(chosen, feats)
+        # gradients wherever explain is called from (torch.no_grad(), inference mode)
+        with torch.enable_grad():
+            with _FeatureCapture(model) as cap:
+                # a graph even when the weights are frozen
+                logits = model(x.detach().clone().requires_grad_(True))
+            feats = cap.output
+            if (not isinstance(feats, torch.Tensor) or feats.dim() != 4
+                    or not feats.requires_grad):
+                raise ValueError(
+                    f"{type(model).__name__}.forward() did not call features(), or features() "
+                    "did not return an N x C x H x W tensor on the path to the logits; "
+                    "Grad-CAM needs that feature map"
+                )
+            if targets is None:
+                targets = logits.detach().argmax(1)
+            targets = targets.to(logits.device)
+            chosen = logits.gather(1, targets[:, None]).sum()
+            (grads,) = torch.autograd.grad(chosen, feats)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         raw = (weights * feats).sum(dim=1, keepdim=True).detach().float()
         cam = F.relu(raw)
@@ -219,7 +241,27 @@ def _explanations(
     device: torch.device,
     probs_override: np.ndarray | None = None,
 ) -> list[FaceExplanation]:
-    """Explain N uint8 crops; ``faces(k, probs)`` builds face k's `Face`."""
+    """Explain N uint8 crops; ``faces(k, probs)`` builds face k's `Face`. The model runs
+    in eval mode and is left in the mode it was in."""
+    was_training = model.training
+    # outside inference mode: its tensors cannot enter the graph Grad-CAM differentiates
+    with torch.inference_mode(False):
+        model.eval()
+        try:
+            scores = _num_classes(model, crops.shape[-1])
+            if scores != len(class_names):
+                raise ValueError(
+                    f"{type(model).__name__} gives {scores} class scores, but there are "
+                    f"{len(class_names)} class names ({', '.join(map(str, class_names))}): "
+                    "they do not belong to this model"
+                )
+            return _explain_all(model, crops, class_names, target, faces, device,
+                                probs_override)
+        finally:
+            model.train(was_training)
+
+
+def _explain_all(model, crops, class_names, target, faces, device, probs_override):
     out: list[FaceExplanation] = []
     for start in range(0, len(crops), _CHUNK):
         chunk = crops[start : start + _CHUNK]
@@ -260,21 +302,30 @@ def explain_crops(
     target: str | int | None = None,
     auto_contrast: bool = True,
 ) -> list[FaceExplanation]:
-    """`FaceExplanation` of uint8 square gray face crops (no detection; boxes cover the crop).
+    """`FaceExplanation` of face crops (no detection; each box, [0, 0, 48, 48], covers
+    the crop as the model saw it).
 
-    ``class_names``: default "0", "1", ... ``target``: the class (name or index) Grad-CAM
-    explains; default each face's predicted class. ``auto_contrast``: crops of very low
-    contrast are lifted first, as `Recognizer` does (`ferkit.recognize.lift_contrast`);
-    False explains them as they are. The model is put in eval mode and run on its own
-    device.
+    ``crops``: what `Recognizer.classify` takes (gray or colour, uint8, 16-bit or float in
+    0..1, any size; one crop or a batch or list of them), made 48 x 48 gray as it makes
+    them. ``class_names``: default "0", "1", ... ``target``: the class (name or index)
+    Grad-CAM explains; default each face's predicted class. ``auto_contrast``: crops of
+    very low contrast are lifted first, as `Recognizer` does
+    (`ferkit.recognize.lift_contrast`); False explains them as they are. The model runs in
+    eval mode on its own device and is left in the mode it was in; an EMA
+    (``AveragedModel``) or DataParallel wrapper is explained through the network inside.
     """
+    model = _unwrap(model)
     check_explainable(model)
-    crops = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if len(crops) else None
-    if crops is None:
+    crops = as_face_crops(crops, FACE_SIZE)
+    if not len(crops):
         return []
     if auto_contrast:
         crops = lift_contrast(crops)
-    model.eval()
+    with torch.inference_mode(False):
+        return _explain_crops(model, crops, class_names, target)
+
+
+def _explain_crops(model, crops, class_names, target) -> list[FaceExplanation]:
     names = list(class_names or [str(i) for i in range(_num_classes(model, crops.shape[-1]))])
     target_idx = _target_index(target, names)
 
@@ -295,9 +346,9 @@ def _as_recognizer(obj, detector) -> Recognizer:
     if isinstance(obj, Recognizer):
         return obj
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
-        model, meta = obj
+        model, meta = _unwrap(obj[0]), obj[1]
     elif isinstance(obj, nn.Module):
-        model, meta = obj, {}
+        model, meta = _unwrap(obj), {}
     else:
         raise TypeError(
             "explain() takes a Recognizer, an nn.Module or (nn.Module, metadata), not "
@@ -321,18 +372,35 @@ def explain(
     """Attention maps and Grad-CAM for each face of ``image``, sorted left to right.
 
     ``recognizer_or_model``: a `Recognizer` (its detector, crop and device are used), an
-    ``nn.Module``, or ``(nn.Module, metadata)`` (faces found with ``detector``; the model is
-    put in eval mode and stays on its device; class names from ``metadata["class_names"]``,
-    else "0", "1", ...). ``image``: anything `ferkit.recognize.load_image` takes (``color``
-    is the channel order of arrays). ``target``: the class (name or index) Grad-CAM
-    explains; default each face's predicted class. Each explanation's ``face`` has its box
-    in full-image pixels, as `Recognizer.predict` gives. Attention maps need a model with
-    CBAM, Grad-CAM one with ``features()``; a model with neither raises ValueError.
+    ``nn.Module``, or ``(nn.Module, metadata)`` (faces found with ``detector``; the model
+    stays on its device; class names from ``metadata["class_names"]``, else "0", "1",
+    ...). The model runs in eval mode and is left in the mode it was in; an EMA
+    (``AveragedModel``) or DataParallel wrapper is explained through the network inside.
+    ``image``: anything `ferkit.recognize.load_image` takes (``color`` is the channel order
+    of arrays). ``target``: the class (name or index) Grad-CAM explains; default each
+    face's predicted class. Each explanation's ``face`` has its box in full-image pixels,
+    as `Recognizer.predict` gives. Attention maps need a model with CBAM, Grad-CAM one with
+    ``features()``; a model with neither raises ValueError. Works under ``torch.no_grad()``
+    and ``torch.inference_mode()`` too (Grad-CAM turns gradients on for itself).
 
     The scores come from the single view the maps explain; with ``tta`` set on the
     recognizer they are its test-time-augmented scores instead, and the default Grad-CAM
     class is their top class.
     """
+    given = recognizer_or_model
+    module = given.model if isinstance(given, Recognizer) else given
+    module = module[0] if isinstance(module, tuple) and module else module
+    was_training = module.training if isinstance(module, nn.Module) else None
+    try:
+        # outside inference mode: weights laid out anew in it could not enter Grad-CAM's graph
+        with torch.inference_mode(False):
+            return _explain(given, image, color, target, detector)
+    finally:
+        if was_training is not None:  # a Recognizer (made here, or TTA) sets eval mode
+            module.train(was_training)
+
+
+def _explain(recognizer_or_model, image, color, target, detector) -> list[FaceExplanation]:
     rec = _as_recognizer(recognizer_or_model, detector)
     if not isinstance(rec.model, nn.Module):
         raise ValueError(
@@ -341,7 +409,8 @@ def explain(
             "backend='torch' from the same weights (a checkpoint or shipped weights name, "
             "not an .onnx file)"
         )
-    check_explainable(rec.model)
+    model = _unwrap(rec.model)
+    check_explainable(model)
     target_idx = _target_index(target, rec.class_names)
     loaded = load_image(image, color, rec.max_side)
     found, crops = rec.faces_in(loaded)
@@ -350,7 +419,7 @@ def explain(
     crops = rec.prepare(crops)  # the faces as the model sees them (low contrast lifted)
     tta_probs = rec._probs(crops) if rec.tta != "none" else None
     return _explanations(
-        rec.model,
+        model,
         crops,
         rec.class_names,
         target_idx,
@@ -391,6 +460,12 @@ def _matplotlib():
             "drawing explanations needs matplotlib: pip install 'ferkit[plots]'"
         ) from exc
     return FigureCanvasAgg, Figure, Rectangle
+
+
+def _pgf_texsystem() -> str:
+    import matplotlib
+
+    return str(matplotlib.rcParams.get("pgf.texsystem", "xelatex"))
 
 
 def render_explanations(
@@ -512,9 +587,15 @@ def _output_path(out: str, image: str) -> Path:
     if path.suffix and not path.is_dir():
         FigureCanvasAgg = _matplotlib()[0]
         formats = FigureCanvasAgg.get_supported_filetypes()
+        # .pgf is drawn through a TeX system (xelatex by default): offered where it is there
+        tex = _pgf_texsystem()
+        if shutil.which(tex) is None:
+            formats = {f: d for f, d in formats.items() if f != "pgf"}
         if path.suffix[1:].lower() not in formats:
+            why = (f"matplotlib writes .pgf through {tex}, which is not installed"
+                   if path.suffix[1:].lower() == "pgf" else f"cannot write a {path.suffix} image")
             raise ValueError(
-                f"--out {out}: cannot write a {path.suffix} image; use one of "
+                f"--out {out}: {why}; use one of "
                 + ", ".join(f".{f}" for f in sorted(formats))
             )
     return output_file(path, "--out", [image])

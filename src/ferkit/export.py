@@ -86,6 +86,41 @@ def _resolve(model_or_checkpoint) -> tuple[nn.Module, dict]:
     return _resolve_model(model_or_checkpoint)
 
 
+def _source_files(model_or_checkpoint) -> list[Path]:
+    """The files a checkpoint path (or run folder) given as the source is read from."""
+    if not isinstance(model_or_checkpoint, (str, os.PathLike)):
+        return []
+    from .checkpoint import _base, _file
+    from .weights import best_checkpoint
+
+    path = Path(model_or_checkpoint)
+    base = best_checkpoint(path) if path.is_dir() else _base(path)
+    return [] if base is None else [_file(base, ".safetensors"), _file(base, ".json")]
+
+
+def _output(path, model_or_checkpoint, option: str = "path", keep=()) -> Path:
+    """``path`` checked before any work as the file an export writes: not a folder, not
+    under a file, writable, and not one of its inputs (the checkpoint's weights or
+    metadata, ``keep``); a ValueError naming ``option`` says what is wrong."""
+    from .fileio import output_file
+
+    if str(path).strip() == "":
+        raise ValueError(f"{option} is empty: give the file to write")
+    inputs = [*_source_files(model_or_checkpoint), *(k for k in keep if k)]
+    return output_file(path, option, inputs)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode inside, and back in the mode it was in afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def export_metadata(meta: dict) -> dict:
     """What an exported file carries: class names, full preprocessing, model and version."""
     from . import __version__
@@ -127,10 +162,9 @@ def _onnx_bytes(model: nn.Module, meta: dict, opset: int, dynamic_batch: bool) -
                          "newest this torch's exporter writes)")
     onnx = _import_onnx()
     info = export_metadata(meta)
-    model = model.eval()
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _eval_mode(model):
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
         # the TorchScript-based exporter; torch < 2.5 has no `dynamo` switch and uses it anyway
         has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
@@ -180,26 +214,52 @@ def export_onnx(
 
     ``model_or_checkpoint``: a shipped weights name, a checkpoint path, ``(nn.Module,
     metadata)`` with ``metadata["class_names"]``, or None (the default shipped weights).
-    ``dynamic_batch=False`` fixes the batch size at 1.
+    ``dynamic_batch=False`` fixes the batch size at 1. ``path`` is checked first (not a
+    folder, writable, not the checkpoint's own files); a module is exported in eval mode
+    and left in the mode it was in.
     """
+    path = _output(path, model_or_checkpoint)
     model, meta = _resolve(model_or_checkpoint)
     data = _onnx_bytes(model, meta, opset, dynamic_batch)
-    return write_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
+    return write_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict:
-    """The ferkit metadata of an exported ONNX file (class names, preprocessing, ...)."""
+    """The ferkit metadata of an exported ONNX file (class names, preprocessing, ...);
+    a file that is not an ONNX model is a ValueError naming it."""
     onnx = _import_onnx()
-    proto = onnx.load(str(path), load_external_data=False)
+    _check_model_file(path, "an ONNX")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, onnx's own errors
+        raise ValueError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
     return _decode_metadata({p.key: p.value for p in proto.metadata_props})
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_model_file(path, kind: str) -> None:
+    """A missing file or a folder given as a model file: FileNotFoundError / ValueError."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file ({kind} file expected)")
+    if p.is_dir():
+        raise ValueError(f"{path}: a folder, not {kind} file")
+
+
 def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
-    """Write the model traced in eval mode as TorchScript, with its metadata; the path."""
+    """Write the model traced in eval mode as TorchScript, with its metadata; the path.
+
+    ``path`` is checked first, as `export_onnx` checks it; a module is left in the mode it
+    was in.
+    """
+    path = _output(path, model_or_checkpoint)
     model, meta = _resolve(model_or_checkpoint)
     info = export_metadata(meta)
-    model = model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _eval_mode(model):
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
         traced = torch.jit.trace(model, _example_input(model, info))
     extra = {_TORCHSCRIPT_META: json.dumps(info)}
@@ -209,18 +269,30 @@ def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(traced, str(tmp), _extra_files=extra)
 
-    return write_atomically(Path(path), save)
+    return write_atomically(path, save)
 
 
 def load_torchscript(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[torch.jit.ScriptModule, dict]:
-    """``(module, metadata)`` of a file written by `export_torchscript`."""
+    """``(module, metadata)`` of a file written by `export_torchscript`; a file that is not
+    TorchScript is a ValueError naming it (metadata: {} for a TorchScript file of another
+    origin)."""
+    _check_model_file(path, "a TorchScript")
     extra = {_TORCHSCRIPT_META: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    meta = json.loads(extra[_TORCHSCRIPT_META]) if extra[_TORCHSCRIPT_META] else {}
+        try:
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: not a TorchScript file (such as `ferkit export --format torchscript` "
+                f"writes): {_first_line(exc)}"
+            ) from None
+    try:
+        meta = json.loads(extra[_TORCHSCRIPT_META]) if extra[_TORCHSCRIPT_META] else {}
+    except ValueError:
+        raise ValueError(f"{path}: its {_TORCHSCRIPT_META} is not JSON") from None
     return module.eval(), meta
 
 
@@ -246,13 +318,41 @@ class OnnxClassifier:
             options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
+        name = "ONNX model bytes" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes):
+            _check_model_file(model, "an ONNX")
+        try:
+            self.session = ort.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, ...)
+            raise ValueError(
+                f"{name}: not an ONNX model onnxruntime can load ({_first_line(exc)})"
+            ) from None
+        self.meta = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.class_names = [str(c) for c in self.meta.get("class_names", [])]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        size = int(self.meta.get("preprocessing", {}).get("size", FACE_SIZE))
+        inp = inputs[0] if len(inputs) == 1 else None
+        if (inp is None or inp.type != "tensor(float)" or len(inp.shape) != 4
+                or any(isinstance(d, int) and d != want
+                       for d, want in zip(inp.shape[1:], (1, size, size), strict=True))):
+            got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
+            raise ValueError(
+                f"{name}: expected one input, float N x 1 x {size} x {size} (normalised gray "
+                f"faces, as ferkit exports), got {got}"
+            )
+        out = outputs[0].shape if outputs else []
+        classes = len(self.class_names)
+        if len(out) != 2 or (classes and isinstance(out[1], int) and out[1] != classes):
+            raise ValueError(
+                f"{name}: expected an output N x {classes or 'C'} (one logit per class"
+                + (f" of its metadata's {classes}" if classes else "")
+                + f"), got {[o.shape for o in outputs]}"
+            )
         self.input_name = inp.name
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
-        self.meta = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self.class_names = [str(c) for c in self.meta.get("class_names", [])]
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         if isinstance(x, torch.Tensor):
@@ -295,9 +395,13 @@ def onnx_backend(model=None, threads: int | None = None) -> tuple[OnnxClassifier
     in memory when that folder cannot be written.
     """
     if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
-        if not Path(model).exists():
-            raise FileNotFoundError(f"{model}: no such ONNX file")
         classifier = OnnxClassifier(model, threads)
+        if not classifier.class_names:
+            raise ValueError(
+                f"{model}: an ONNX model without ferkit's metadata (no class_names): the onnx "
+                "backend runs files written by `ferkit export` (ferkit.export.export_onnx), "
+                "which name their classes and preprocessing"
+            )
         return classifier, classifier.meta
     from .data.readers import cache_dir
 
@@ -360,7 +464,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         print(f"ferkit: calibrating int8 activation ranges on {len(calibration)} faces",
               file=sys.stderr, flush=True)
         # onnxruntime's calibrator prints its steps to stdout, where results go
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _calibration_errors():
             quantize_static(
                 str(prepared),
                 str(quantized),
@@ -380,6 +484,20 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     _set_onnx_metadata(proto, info)
     data = proto.SerializeToString()
     return write_atomically(Path(dst), lambda p: p.write_bytes(data))
+
+
+@contextlib.contextmanager
+def _calibration_errors():
+    """onnxruntime's calibrator fails in numpy (a histogram over an activation that hardly
+    varies, as in an untrained model): said so, not in numpy's bare words."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(
+            f"int8 calibration failed ({_first_line(exc)}): an activation of the model "
+            "hardly varies over the calibration faces (an untrained model, or faces that are "
+            "all alike?)"
+        ) from None
 
 
 def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
@@ -409,6 +527,8 @@ def export_int8(
     from .data import DataError
     from .evaluate import load_eval_data
 
+    inputs = [d for d in (data, ferplus) if isinstance(d, (str, os.PathLike))]
+    path = _output(path, model_or_checkpoint, keep=inputs)
     model, meta = _resolve(model_or_checkpoint)
     faces = load_eval_data(meta, data, ferplus)
     train = faces.subset("Training")
@@ -430,7 +550,7 @@ def export_int8(
                 f"{tolerance} allowed); export without --int8 for the fp32 model"
             )
         data_bytes = int8.read_bytes()
-    out = write_atomically(Path(path), lambda p: p.write_bytes(data_bytes))
+    out = write_atomically(path, lambda p: p.write_bytes(data_bytes))
     return out, acc32, acc8
 
 
@@ -439,6 +559,9 @@ def export_int8(
 
 def run_export(args: argparse.Namespace) -> int:
     source = args.checkpoint or args.model
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    if args.format != "onnx" and args.opset is not None:
+        raise ValueError(f"--opset is for --format onnx only (a {args.format} file has none)")
     if args.int8:
         if args.format != "onnx":
             raise ValueError("--int8 is for --format onnx only")
@@ -447,12 +570,21 @@ def run_export(args: argparse.Namespace) -> int:
                 "--int8 needs --data PATH: the int8 file is written only when its PublicTest "
                 f"accuracy on that dataset is within {INT8_TOLERANCE} points of the fp32 model's"
             )
-        path, acc32, acc8 = export_int8(source, args.out, args.data, args.ferplus, opset=args.opset)
+    else:  # given, and not used: said, not dropped silently
+        for option, value in (("--data", args.data), ("--ferplus", args.ferplus)):
+            if value is not None:
+                raise ValueError(f"{option} {value}: only --int8 uses a dataset (to calibrate "
+                                 "and check the int8 model); leave it out, or add --int8")
+    # the output before any work (a model load, minutes of int8 calibration)
+    out = _output(args.out, source, "--out",
+                  keep=[args.data, args.ferplus] if args.int8 else ())
+    if args.int8:
+        path, acc32, acc8 = export_int8(source, out, args.data, args.ferplus, opset=opset)
         print(f"PublicTest accuracy: fp32 {acc32:.2f}%, int8 {acc8:.2f}%")
     elif args.format == "onnx":
-        path = export_onnx(source, args.out, opset=args.opset)
+        path = export_onnx(source, out, opset=opset)
     else:
-        path = export_torchscript(source, args.out)
+        path = export_torchscript(source, out)
     kind = "int8 onnx" if args.int8 else args.format
     print(f"wrote {path} ({kind}, {path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -33,11 +33,13 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument(
-        "--opset", type=whole_number(MIN_OPSET), default=DEFAULT_OPSET,
+        "--opset", type=whole_number(MIN_OPSET), default=None,
         help=f"ONNX opset, {MIN_OPSET} up to the newest this torch's exporter writes "
-        f"(default: {DEFAULT_OPSET})",
+        f"(default: {DEFAULT_OPSET}; --format onnx only)",
     )
     p.add_argument("--int8", action="store_true", help="int8 static quantization (ONNX only)")
-    p.add_argument("--data", default=None, help="dataset for --int8 calibration and its check")
-    p.add_argument("--ferplus", default=None, help="fer2013new.csv for FER+ checkpoints")
+    p.add_argument("--data", default=None,
+                   help="dataset for --int8 calibration and its check (--int8 only)")
+    p.add_argument("--ferplus", default=None,
+                   help="fer2013new.csv for FER+ checkpoints (--int8 only)")
     p.set_defaults(func=deferred("ferkit.export", "run_export"))
