@@ -23,7 +23,7 @@ from ferkit.explain import (
 )
 from ferkit.explain_cli import add_parsers
 from ferkit.faces import crop_face, faces_to_tensor
-from ferkit.models import create_model
+from ferkit.models import create_model, list_models
 from ferkit.models.layers import CBAM
 from ferkit.recognize import Recognizer
 
@@ -174,6 +174,12 @@ def test_any_model_with_cbam_or_features(astronaut):
     (e,) = explain((vulpe, {"class_names": CLASSES}), astronaut)
     assert e.attention_maps == {} and e.gradcam.shape == (48, 48) and e.gradcam.max() == 1
     assert not vulpe.features._forward_hooks
+
+    # every registered model: each has CBAM maps or features() for Grad-CAM (ResNet had none)
+    for name in list_models():
+        model = create_model(name)
+        (e,) = explain((model, {"class_names": CLASSES}), astronaut)
+        assert e.gradcam is not None and e.gradcam.shape == (48, 48), name
 
     linear = nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, 7))
     with pytest.raises(ValueError, match=r"Sequential.*CBAM.*features\(\)"):

@@ -143,10 +143,14 @@ class ResNet18(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's N x C x 6 x 6 feature map before pooling (used by Grad-CAM)."""
+        return self.stages(self.stem(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             check_faces(x, self.in_chans, "resnet18")
-        x = self.stages(self.stem(x)).mean(dim=(2, 3))
+        x = self.features(x).mean(dim=(2, 3))
         return self.fc(self.dropout(x))
 
 
