@@ -325,6 +325,16 @@ def test_recognizer_options_are_checked(checkpoint):
             Recognizer(model=str(checkpoint), **{"device": "cpu", **kwargs})
 
 
+def test_a_model_given_with_metadata_must_fit_its_class_names():
+    model = create_model("mba_cnn", num_classes=7)
+    with pytest.raises(ValueError, match=r"gives 7 class scores.*names 2 classes \(a, b\)"):
+        Recognizer(model=(model, {"class_names": ["a", "b"]}), device="cpu")
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 7))
+    with pytest.raises(ValueError, match="does not take one 1 x 48 x 48 gray face"):
+        Recognizer(model=(flat, {"class_names": CLASSES}), device="cpu")
+    assert Recognizer(model=(model, {"class_names": CLASSES}), device="cpu").class_names == CLASSES
+
+
 def test_whole_image_detector_classifies_ready_crops_as_evaluation_does(checkpoint):
     """``detector="none"``: a 48 x 48 crop goes to the model as it is, the same probabilities
     as `classify` on the crop (what evaluation feeds the model)."""
