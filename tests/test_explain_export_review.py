@@ -353,3 +353,16 @@ def test_int8_calibration_failure_is_said(tmp_path, monkeypatch):
                                          r"activation of the model hardly varies"):
         quantize_onnx(src, tmp_path / "int8.onnx", face_crops(8))
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_a_failed_export_or_explanation_leaves_no_empty_folders(tmp_path, capsys):
+    from ferkit import samples
+    from ferkit.cli import main
+
+    photo = str(samples.path("astronaut"))
+    for argv in (["export", "--model", "nosuch-weights", "--out", str(tmp_path / "e1/sub/m.onnx")],
+                 ["explain", photo, "--model", "nosuch-weights", "--out",
+                  str(tmp_path / "e2/sub/x.png")]):
+        assert main(argv) == 2
+        assert "nosuch-weights" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

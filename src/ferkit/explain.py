@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .faces import FACE_SIZE, faces_to_tensor
-from .fileio import output_file
+from .fileio import no_folders_left_on_failure, output_file
 from .models.layers import SpatialAttention
 from .predict_cli import recognizer_from_args
 from .recognize import (
@@ -608,10 +608,12 @@ def run_explain(args: argparse.Namespace) -> int:
             "a shipped weights name), not an ONNX model"
         )
     _matplotlib()  # missing: say so before the work, not after it
-    out = _output_path(args.out, args.image)
-    recognizer = recognizer_from_args(args)
-    loaded = load_image(args.image, max_side=recognizer.max_side)
-    explanations = explain(recognizer, loaded, target=args.target)
+    # a run that fails (a model or image that cannot load) leaves no empty folders behind
+    with no_folders_left_on_failure(files=[args.out]):
+        out = _output_path(args.out, args.image)
+        recognizer = recognizer_from_args(args)
+        loaded = load_image(args.image, max_side=recognizer.max_side)
+        explanations = explain(recognizer, loaded, target=args.target)
     if not explanations:
         print(f"{args.image}: no face found")
         return 0

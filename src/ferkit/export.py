@@ -44,7 +44,7 @@ from torch import nn
 from .augment import PIXEL_MEAN, PIXEL_STD
 from .export_cli import DEFAULT_OPSET, INT8_TOLERANCE, MIN_OPSET
 from .faces import FACE_SIZE
-from .fileio import write_atomically
+from .fileio import no_folders_left_on_failure, write_atomically
 
 try:  # the newest opset this torch's TorchScript-based exporter writes
     from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
@@ -575,16 +575,18 @@ def run_export(args: argparse.Namespace) -> int:
             if value is not None:
                 raise ValueError(f"{option} {value}: only --int8 uses a dataset (to calibrate "
                                  "and check the int8 model); leave it out, or add --int8")
-    # the output before any work (a model load, minutes of int8 calibration)
-    out = _output(args.out, source, "--out",
-                  keep=[args.data, args.ferplus] if args.int8 else ())
-    if args.int8:
-        path, acc32, acc8 = export_int8(source, out, args.data, args.ferplus, opset=opset)
-        print(f"PublicTest accuracy: fp32 {acc32:.2f}%, int8 {acc8:.2f}%")
-    elif args.format == "onnx":
-        path = export_onnx(source, out, opset=opset)
-    else:
-        path = export_torchscript(source, out)
+    # an export that fails (a model that cannot load) leaves no empty folders behind
+    with no_folders_left_on_failure(files=[args.out]):
+        # the output before any work (a model load, minutes of int8 calibration)
+        out = _output(args.out, source, "--out",
+                      keep=[args.data, args.ferplus] if args.int8 else ())
+        if args.int8:
+            path, acc32, acc8 = export_int8(source, out, args.data, args.ferplus, opset=opset)
+            print(f"PublicTest accuracy: fp32 {acc32:.2f}%, int8 {acc8:.2f}%")
+        elif args.format == "onnx":
+            path = export_onnx(source, out, opset=opset)
+        else:
+            path = export_torchscript(source, out)
     kind = "int8 onnx" if args.int8 else args.format
     print(f"wrote {path} ({kind}, {path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -95,16 +95,28 @@ def output_file(
     for item in keep:
         if _same_file(path, item):
             raise ValueError(f"{option} {target} would replace {item}; choose another file")
-    made = [p for p in reversed(path.parents) if not p.exists()]  # outermost first
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
-    try:
+    with no_folders_left_on_failure(files=[path]):  # a refused output leaves none behind
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{option} {target}: cannot create its folder ({exc})") from None
         _check_writable(path, option, target)
-    except ValueError:
-        for folder in reversed(made):  # a refused output leaves no empty folders behind
+    return path
+
+
+@contextlib.contextmanager
+def no_folders_left_on_failure(files: Iterable = (), folders: Iterable = ()):
+    """Folders the output ``files`` (their folders) and ``folders`` (themselves too) need and
+    that are not there when the block starts: removed again, where still empty, if the block
+    raises; a run that stops before its work (a model that cannot load, a refused option)
+    leaves no empty folders behind. None or "-" (standard output) entries are skipped."""
+    wanted = [Path(f).parent for f in files if f not in (None, "", "-")]
+    wanted += [Path(f) for f in folders if f not in (None, "", "-")]
+    new = {q for w in wanted for q in (w, *w.parents) if not q.exists()}
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda q: -len(q.absolute().parts)):  # innermost first
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    return path

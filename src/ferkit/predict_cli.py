@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .argtypes import BACKENDS, TTA_MODES, number, whole_number
+from .fileio import no_folders_left_on_failure
 
 _SAVE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
 _FILES_PER_BATCH = 8
@@ -408,15 +409,6 @@ def annotation_targets(out_dir: Path, inputs: list[Input]) -> dict[int, Path]:
     return targets
 
 
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders this run made (innermost first) where they are still empty."""
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
 def _recognise(recognizer, chunk: list[Input], loaded: dict, errors: dict[int, str]) -> dict:
     """The faces of each loaded image of ``chunk`` (by index), in one batch; where the batch
     fails, image by image, so that one image recognition fails on (an error naming it, in
@@ -448,15 +440,10 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError("--annotate is empty: expected a folder (use . for this one)")
     out_dir = Path(args.annotate) if args.annotate is not None else None
     inputs = expand_inputs(paths, skip=out_dir)
-    made: list[Path] = []  # the folders --annotate makes, outermost first
-    if out_dir is not None:
-        made = [q for q in (out_dir, *out_dir.parents) if not q.exists()][::-1]
-    targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
-    try:
+    # no empty --annotate folder from a run that never started
+    with no_folders_left_on_failure(folders=[out_dir]):
+        targets = annotation_targets(out_dir, inputs) if out_dir is not None else {}
         recognizer = recognizer_from_args(args)
-    except BaseException:
-        _remove_empty(made)  # no empty --annotate folder from a run that never started
-        raise
     bar = None
     if len(inputs) >= _PROGRESS_MIN_FILES and sys.stderr.isatty():
         from tqdm import tqdm

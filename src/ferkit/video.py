@@ -26,7 +26,7 @@ import numpy as np
 
 from .data.faceset import IMAGE_EXTENSIONS
 from .faces import _import_cv2
-from .fileio import PROGRESS_SECONDS, output_file
+from .fileio import PROGRESS_SECONDS, no_folders_left_on_failure, output_file
 from .predict_cli import recognizer_from_args, stdout_to_devnull
 from .recognize import _PALETTE, Face, Recognizer
 
@@ -539,48 +539,41 @@ def run_video(args: argparse.Namespace) -> int:
     table = None
     bar = None
     note = ""
-    # the folders the outputs would need that are not there yet: removed again (where
-    # still empty) when the run stops before it starts, e.g. on a model that cannot load
-    new_folders = sorted(
-        {q for f in (args.out, args.csv) if f and f != "-" for q in Path(f).parents
-         if not q.exists()},
-        key=lambda q: -len(q.parts),
-    )
-    try:
-        # every output checked (and found writable) before any is made
-        out = _out_file(args.out, [args.input]) if args.out else None
-        csv_path = None
-        if args.csv and args.csv != "-":
-            keep = [args.input, *([args.out] if args.out else [])]
-            csv_path = output_file(args.csv, "--csv", keep)
-        stream.recognizer = recognizer_from_args(args)
-        names = stream.recognizer.class_names
-        made = [p for p in (out, csv_path) if p is not None and not p.exists()]
+    # a run that stops before it starts (e.g. a model that cannot load) leaves no empty
+    # folders of its outputs behind
+    with no_folders_left_on_failure(files=[args.out, args.csv]):
         try:
-            if out is not None:
-                writer, note = _writer_for(
-                    out, stream.fps or DEFAULT_FPS, (stream.width, stream.height)
-                )
-            if sys.stderr.isatty():
-                from tqdm import tqdm
+            # every output checked (and found writable) before any is made
+            out = _out_file(args.out, [args.input]) if args.out else None
+            csv_path = None
+            if args.csv and args.csv != "-":
+                keep = [args.input, *([args.out] if args.out else [])]
+                csv_path = output_file(args.csv, "--csv", keep)
+            stream.recognizer = recognizer_from_args(args)
+            names = stream.recognizer.class_names
+            made = [p for p in (out, csv_path) if p is not None and not p.exists()]
+            try:
+                if out is not None:
+                    writer, note = _writer_for(
+                        out, stream.fps or DEFAULT_FPS, (stream.width, stream.height)
+                    )
+                if sys.stderr.isatty():
+                    from tqdm import tqdm
 
-                bar = tqdm(total=stream.frame_count, unit="frame", file=sys.stderr)
-            if args.csv:
-                table = _CsvOut(args.csv, names, bar if sys.stdout.isatty() else None)
+                    bar = tqdm(total=stream.frame_count, unit="frame", file=sys.stderr)
+                if args.csv:
+                    table = _CsvOut(args.csv, names, bar if sys.stdout.isatty() else None)
+            except BaseException:
+                if writer is not None:
+                    writer.release()
+                for p in made:  # no empty stub of a run that never started
+                    p.unlink(missing_ok=True)
+                raise
         except BaseException:
-            if writer is not None:
-                writer.release()
-            for p in made:  # no empty stub of a run that never started
-                p.unlink(missing_ok=True)
+            stream.close()
+            if bar is not None:
+                bar.close()
             raise
-    except BaseException:
-        stream.close()
-        if bar is not None:
-            bar.close()
-        for folder in new_folders:  # innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     faces_seen = 0
     ids: set[int] = set()
     closed_at = None  # frames written when standard output was closed early
