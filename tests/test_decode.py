@@ -266,3 +266,15 @@ def test_float_image_files_are_read_by_the_range_their_values_use(tmp_path):
         else:  # integer levels of 12 or 16 bits: the full 8-bit range, in order
             assert pixels.min() == 0 and pixels.max() == 255
             assert (np.diff(pixels.ravel().astype(int)) >= 0).all()
+    # a resampling overshoot over 255 is clipped, not read as 10-bit levels (4 x darker)
+    over = ramp * np.float32(255.0)
+    over[0, 0] = 255.6
+    tif = tmp_path / "over.tif"
+    Image.fromarray(over, mode="F").save(tif)
+    clipped = want.copy()
+    clipped[0, 0] = 255
+    assert np.abs(load_image(tif).pixels.astype(int) - clipped).max() <= 1
+    # data normalised to -1..1 is refused, as the same array is
+    Image.fromarray(ramp * 2 - 1, mode="F").save(tif)
+    with pytest.raises(ImageError, match="not negative values"):
+        load_image(tif)

@@ -78,17 +78,22 @@ def array_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def float_file_to_uint8(arr: np.ndarray) -> np.ndarray:
     """uint8 pixels of a float image read from a file (PIL mode ``F``: PFM, float TIFF),
-    whose files say nothing of their range: values up to 1 (`FLOAT_RANGE`'s overshoot
-    included) are 0..1 (PFM's convention), up to 255 are 0..255, larger ones integer
-    levels of the bit depth they use (as 16-bit files are read); negative values and NaN
-    are 0."""
+    whose files say nothing of their range: values up to 1 are 0..1 (PFM's convention), up
+    to 255 are 0..255, each with `FLOAT_RANGE`'s margin for resampling overshoot (clipped);
+    larger ones are integer levels of the bit depth they use (as 16-bit files are read).
+    NaN is 0; values below the margin (data normalised to -1..1, say) are an `ImageError`,
+    as for arrays."""
     arr = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=65535.0)
-    arr = np.maximum(arr, 0.0)
+    low, high = FLOAT_RANGE
     top = float(arr.max()) if arr.size else 0.0
-    if top <= FLOAT_RANGE[1]:
-        return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if top <= 255.0:
-        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    scale = 1.0 if top <= high else 255.0 if top <= 255.0 * high else None
+    if arr.size and float(arr.min()) < low * (scale or 255.0):
+        raise ImageError(
+            f"float image values span {arr.min():g}..{top:g}: expected 0..1, 0..255 or "
+            "integer levels, not negative values"
+        )
+    if scale is not None:
+        return np.clip(arr * (255.0 / scale) + 0.5, 0, 255).astype(np.uint8)
     return array_to_uint8(np.clip(np.rint(arr), 0, 65535).astype(np.uint16))
 
 
