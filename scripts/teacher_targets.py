@@ -28,8 +28,9 @@ from ferkit.weights import load_model
 
 def teacher_targets(faces, teacher, tta: str = "ten-crop", hard: float = 0.5,
                     splits: tuple[str, ...] = ("Training",), backend: str = "torch",
-                    progress: bool = False) -> np.ndarray:
-    """float32 N x C soft targets for ``faces`` (see the module's description)."""
+                    progress: bool = False) -> tuple[np.ndarray, float]:
+    """float32 N x C soft targets for ``faces`` (see the module's description), and the
+    share of the ``splits`` rows whose label is the teacher's own top class."""
     if not 0.0 <= hard <= 1.0:
         raise ValueError(f"hard {hard}: expected a weight in [0, 1]")
     model, meta = teacher
@@ -49,7 +50,7 @@ def teacher_targets(faces, teacher, tta: str = "ten-crop", hard: float = 0.5,
         model, _ = onnx_backend((model, meta))
     probs = predict_probs(model, faces.images[rows], tta=tta, progress=progress)
     targets[rows] = hard * targets[rows] + (1.0 - hard) * probs.astype(np.float32)
-    return targets
+    return targets, float((probs.argmax(1) == labels[rows]).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,19 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         if "PrivateTest" in set(faces.splits.tolist()):
             raise DataError(f"{args.data} holds PrivateTest rows: the test split stays out of "
                             "training data; pack Training and PublicTest only")
-        targets = teacher_targets(faces, load_model(args.teacher), args.tta, args.hard,
-                                  tuple(s.strip() for s in args.splits.split(",")),
-                                  args.backend, progress=sys.stderr.isatty())
+        splits = tuple(s.strip() for s in args.splits.split(","))
+        targets, agree = teacher_targets(faces, load_model(args.teacher), args.tta, args.hard,
+                                         splits, args.backend, progress=sys.stderr.isatty())
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     faces.soft_labels = targets
     faces.info = {**faces.info, "soft_labels": f"teacher {Path(str(args.teacher)).name}, TTA "
-                  f"{args.tta}, hard weight {args.hard:g}, splits {args.splits}"}
+                  f"{args.tta}, hard weight {args.hard:g}, splits {', '.join(splits)}"}
     faces.save_pack(out)
-    agree = (targets.argmax(1) == faces.labels)[np.isin(faces.splits, args.splits.split(","))]
-    print(f"wrote {out}: {len(faces):,} rows; the soft target's top class is the label in "
-          f"{100 * agree.mean():.2f}% of the {args.splits} rows")
+    print(f"wrote {out}: {len(faces):,} rows; the teacher ({args.tta}) agrees with the label "
+          f"on {100 * agree:.2f}% of the {', '.join(splits)} rows")
     return 0
 
 
