@@ -24,6 +24,7 @@ from torch import nn
 
 from .faces import FACE_SIZE, faces_to_tensor
 from .fileio import no_folders_left_on_failure, output_file
+from .models.info import check_class_names, class_scores, eval_mode
 from .models.layers import SpatialAttention
 from .predict_cli import recognizer_from_args
 from .recognize import (
@@ -222,16 +223,6 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _num_classes(model: nn.Module, size: int = FACE_SIZE) -> int:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(model(torch.zeros(1, 1, size, size, device=_model_device(model))).shape[1])
-    finally:
-        model.train(was_training)
-
-
 def _explanations(
     model: nn.Module,
     crops: np.ndarray,
@@ -243,22 +234,9 @@ def _explanations(
 ) -> list[FaceExplanation]:
     """Explain N uint8 crops; ``faces(k, probs)`` builds face k's `Face`. The model runs
     in eval mode and is left in the mode it was in."""
-    was_training = model.training
     # outside inference mode: its tensors cannot enter the graph Grad-CAM differentiates
-    with torch.inference_mode(False):
-        model.eval()
-        try:
-            scores = _num_classes(model, crops.shape[-1])
-            if scores != len(class_names):
-                raise ValueError(
-                    f"{type(model).__name__} gives {scores} class scores, but there are "
-                    f"{len(class_names)} class names ({', '.join(map(str, class_names))}): "
-                    "they do not belong to this model"
-                )
-            return _explain_all(model, crops, class_names, target, faces, device,
-                                probs_override)
-        finally:
-            model.train(was_training)
+    with torch.inference_mode(False), eval_mode(model):
+        return _explain_all(model, crops, class_names, target, faces, device, probs_override)
 
 
 def _explain_all(model, crops, class_names, target, faces, device, probs_override):
@@ -326,7 +304,9 @@ def explain_crops(
 
 
 def _explain_crops(model, crops, class_names, target) -> list[FaceExplanation]:
-    names = list(class_names or [str(i) for i in range(_num_classes(model, crops.shape[-1]))])
+    if class_names:
+        check_class_names(model, class_names, crops.shape[-1])
+    names = list(class_names or [str(i) for i in range(class_scores(model, crops.shape[-1]))])
     target_idx = _target_index(target, names)
 
     def face(k: int, probs: np.ndarray) -> Face:
@@ -357,7 +337,7 @@ def _as_recognizer(obj, detector) -> Recognizer:
     check_explainable(model)
     meta = dict(meta)
     if "class_names" not in meta:
-        meta["class_names"] = [str(i) for i in range(_num_classes(model))]
+        meta["class_names"] = [str(i) for i in range(class_scores(model))]
     return Recognizer(model=(model, meta), detector=detector, device=str(_model_device(model)))
 
 

@@ -45,6 +45,7 @@ from .augment import PIXEL_MEAN, PIXEL_STD
 from .export_cli import DEFAULT_OPSET, INT8_TOLERANCE, MIN_OPSET
 from .faces import FACE_SIZE
 from .fileio import no_folders_left_on_failure, write_atomically
+from .models.info import eval_mode
 
 try:  # the newest opset this torch's TorchScript-based exporter writes
     from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
@@ -110,17 +111,6 @@ def _output(path, model_or_checkpoint, option: str = "path", keep=()) -> Path:
     return output_file(path, option, inputs)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """``model`` in eval mode inside, and back in the mode it was in afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def export_metadata(meta: dict) -> dict:
     """What an exported file carries: class names, full preprocessing, model and version."""
     from . import __version__
@@ -164,7 +154,7 @@ def _onnx_bytes(model: nn.Module, meta: dict, opset: int, dynamic_batch: bool) -
     info = export_metadata(meta)
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), _eval_mode(model):
+    with warnings.catch_warnings(), eval_mode(model):
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
         # the TorchScript-based exporter; torch < 2.5 has no `dynamo` switch and uses it anyway
         has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
@@ -259,7 +249,7 @@ def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
     path = _output(path, model_or_checkpoint)
     model, meta = _resolve(model_or_checkpoint)
     info = export_metadata(meta)
-    with warnings.catch_warnings(), torch.no_grad(), _eval_mode(model):
+    with warnings.catch_warnings(), torch.no_grad(), eval_mode(model):
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
         traced = torch.jit.trace(model, _example_input(model, info))
     extra = {_TORCHSCRIPT_META: json.dumps(info)}

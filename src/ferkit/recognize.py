@@ -423,7 +423,9 @@ class Recognizer:
             raise ValueError("model expects colour input; ferkit recognises gray faces")
         self.size = int(prep.get("size", FACE_SIZE))
         if backend == "torch" and isinstance(model, tuple):  # a loaded checkpoint fits itself
-            self._check_class_names()
+            from .models.info import check_class_names
+
+            check_class_names(self.model, self.class_names, self.size)
         if margin is None:  # a checkpoint's margin is for detectors' boxes, not whole images
             margin = (self.detector.crop_margin if self.detector.name == "none"
                       else prep.get("margin", getattr(self.detector, "crop_margin", DEFAULT_MARGIN)))
@@ -432,22 +434,6 @@ class Recognizer:
         self.max_side = max_side
         self.batch_size = batch_size
         self.auto_contrast = bool(auto_contrast)
-
-    def _check_class_names(self) -> None:
-        """A model given with its metadata: as many class names as it gives scores (a
-        mismatch failed at the first face, in zip)."""
-        face = torch.zeros(1, 1, self.size, self.size, device=self.device)
-        try:
-            with torch.inference_mode():
-                scores = self.model(face.contiguous(memory_format=torch.channels_last)).shape[-1]
-        except Exception as exc:
-            raise ValueError(f"the model does not take one 1 x {self.size} x {self.size} gray "
-                             f"face ({type(exc).__name__}: {exc})") from None
-        if scores != len(self.class_names):
-            raise ValueError(
-                f"the model gives {scores} class scores, but its metadata names "
-                f"{len(self.class_names)} classes ({', '.join(self.class_names)})"
-            )
 
     def prepare(self, crops, color: str = "rgb") -> np.ndarray:
         """The uint8 N x size x size gray faces the model sees for ``crops`` (what

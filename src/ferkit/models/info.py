@@ -1,11 +1,51 @@
-"""Parameter and multiply-accumulate counts of the registered models."""
+"""Parameter and multiply-accumulate counts of the registered models; what a model gives
+for one face (its class scores), in eval mode."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .registry import create_model, list_models, model_spec
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, and back in the mode it was in after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def class_scores(model: nn.Module, size: int = 48) -> int:
+    """How many class scores ``model`` gives: one blank gray 1 x size x size face through it
+    on its own device, in eval mode, without gradients. A ValueError where it takes no such
+    face."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    face = torch.zeros(1, 1, size, size, device=device)
+    try:
+        with eval_mode(model), torch.no_grad():
+            return int(model(face).shape[-1])
+    except Exception as exc:
+        raise ValueError(f"{type(model).__name__} does not take one 1 x {size} x {size} gray "
+                         f"face ({type(exc).__name__}: {exc})") from None
+
+
+def check_class_names(model: nn.Module, class_names: Sequence, size: int = 48) -> None:
+    """A ValueError where ``model`` gives another number of class scores than there are
+    ``class_names`` (a model given with metadata that is not its own)."""
+    scores = class_scores(model, size)
+    if scores != len(class_names):
+        raise ValueError(
+            f"{type(model).__name__} gives {scores} class scores, but its metadata names "
+            f"{len(class_names)} classes ({', '.join(map(str, class_names))})"
+        )
 
 
 def count_params(model: nn.Module) -> int:
