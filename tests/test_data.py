@@ -764,7 +764,8 @@ def test_ferplus_joins_packs_of_the_csv(icml_and_folders, tmp_path, capsys):
     ]
 
 
-def test_ferplus_votes_file_recognised_and_checked(icml_and_folders, tmp_path, write_csv, capsys):
+def test_ferplus_votes_file_recognised_and_checked(icml_and_folders, tmp_path, write_csv, capsys,
+                                                   monkeypatch):
     from ferkit.cli import main
 
     csv, folders, _ = icml_and_folders
@@ -797,6 +798,14 @@ def test_ferplus_votes_file_recognised_and_checked(icml_and_folders, tmp_path, w
     assert "  PublicTest: 2 (no majority 1, unknown 0, not a face 1)" in text
     assert main(["data", "check", str(folders), "--ferplus", str(votes)]) == 2
     assert "image folders" in capsys.readouterr().err
+    # a bare name is looked for beside the data, as eval and training look for it
+    import shutil
+
+    shutil.copy(votes, csv.parent / "fer2013new.csv")
+    monkeypatch.chdir(tmp_path / "votes")
+    (tmp_path / "votes" / "fer2013new.csv").unlink()
+    assert main(["data", "check", str(csv), "--ferplus", "fer2013new.csv"]) == 0
+    assert "FER+ majority labels from" in capsys.readouterr().out
 
 
 # ---- data check ----

@@ -887,9 +887,10 @@ def test_resume_without_recipe_continues_the_runs_own_recipe(pack, tmp_path, cap
         fit(None, pack, tmp_path / "new", device="cpu", progress=False)
 
 
-def test_resume_refuses_a_length_it_cannot_train(pack, tmp_path):
+def test_resume_refuses_a_length_it_cannot_train(pack, tmp_path, capsys):
     """A spent time budget keeps a run's length: a longer resume says so (it trained nothing
-    and exited 0); fewer epochs than done is refused too."""
+    and exited 0); fewer epochs than done is refused too, without first announcing the new
+    length."""
     out = tmp_path / "run"
     first = fit(tiny_recipe(epochs=4, time_budget_minutes=1e-4), pack, out, device="cpu",
                 progress=False)
@@ -903,8 +904,10 @@ def test_resume_refuses_a_length_it_cannot_train(pack, tmp_path):
     summary = fit(tiny_recipe(epochs=3, time_budget_minutes=None), pack, out, device="cpu",
                   resume=True, progress=False)
     assert (summary["epochs_done"], summary["epochs_planned"]) == (3, 3)
+    capsys.readouterr()
     with pytest.raises(ValueError, match="has trained 3 epochs already"):
         fit(tiny_recipe(epochs=2), pack, out, device="cpu", resume=True, progress=False)
+    assert "new length" not in capsys.readouterr().err
 
 
 def test_resume_from_a_truncated_state_names_the_file(pack, tmp_path):
@@ -1109,7 +1112,7 @@ def test_training_says_what_it_starts_and_how_it_goes(pack, tmp_path, capsys, mo
     start = err.splitlines()[0]
     assert start.startswith("ferkit: training test_tiny_cnn (") and " parameters) on cpu: " in start
     assert ("200 training images (Training), 60 validation (PublicTest), 10 steps of 20 per "
-            "epoch, 1 epochs planned") in start
+            "epoch, 1 epoch planned") in start
     assert "epoch 1: step 10/10" in err
 
 

@@ -117,7 +117,9 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
     faces = load(args.path, skip_bad=args.skip_bad)
     if args.ferplus:  # the class table of the FER+ majority labels, and what they drop
-        faces = load_ferplus(faces, args.ferplus)
+        from .data.ferplus import find_ferplus_votes  # a bare name beside the data too
+
+        faces = load_ferplus(faces, find_ferplus_votes(args.ferplus, args.path))
     report = check_report(faces)
     print(json.dumps(report, indent=2) if args.json else format_check(report))
     return 0
@@ -182,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "is given; --set epochs=N lengthens it, plus time_budget_minutes=null for a "
                    "run whose time budget is spent)")
     t.add_argument("--max-minutes", type=number(0, open_low=True), default=None,
-                   help="stop cleanly (with a checkpoint) before an epoch that would not fit")
+                   help="stop cleanly (with a checkpoint) after an epoch where another as long would "
+                   "end past this many minutes of the call (at least one epoch is trained)")
     t.add_argument("--init-from", default=None, metavar="MODEL",
                    help="weights to fine-tune from: shipped weights by name (mba_cnn-fer2013), "
                    "a checkpoint or a run folder, as predict --model takes")
@@ -205,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="train recipes, score PrivateTest once, write a table")
     what = rp.add_mutually_exclusive_group(required=True)
-    what.add_argument("--recipes", nargs="+", help="recipe YAML files to train")
+    what.add_argument("--recipes", nargs="+",
+                      help="recipes to train: shipped names (paper, best, ...) or YAML files")
     what.add_argument("--runs", nargs="+", help="finished run folders to score and tabulate")
     rp.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="train each recipe once per seed (runs NAME-sSEED)")

@@ -29,7 +29,7 @@ from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, normalize
 from .checkpoint import read_metadata, save_checkpoint
 from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
-from .data.fer2013 import COMPRESSED_OPENERS
+from .data.ferplus import find_ferplus_votes
 from .data.readers import faces_from
 from .devices import resolve_device
 from .fileio import PROGRESS_SECONDS, check_out_folder, write_atomically
@@ -89,37 +89,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = dirty = ""
     return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
-
-
-def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
-    """The FER+ votes file: `name` as given, else, for a bare file name (no folder in it),
-    beside the data (in it, if a folder, or in its ``fer2013`` folder).
-
-    Where none of those is there, a compressed copy in the same places is taken
-    (``fer2013new.csv.gz``, or .xz / .lzma / .bz2), in the same order. A path with a folder
-    in it (``typo/fer2013new.csv``, or an absolute one) is looked for there only: where it is
-    not there, a DataError names it (not a file of the same name elsewhere).
-    """
-    votes, data = Path(name), Path(data)
-    explicit = votes.is_absolute() or votes.parent != Path(".")
-    if explicit or votes.exists():
-        places = [votes]
-    else:
-        places = [votes] + [
-            folder / votes.name for folder in (data, data / "fer2013", data.parent)
-            if folder.is_dir()
-        ]
-    suffixes = [""] if votes.suffix.lower() in COMPRESSED_OPENERS else ["", *COMPRESSED_OPENERS]
-    for suffix in suffixes:
-        for place in places:
-            if (path := place.with_name(place.name + suffix)).exists():
-                return path
-    if explicit:
-        raise DataError(f"FER+ votes {votes}: no such file (ferplus_csv / --ferplus; a bare file "
-                        "name, such as fer2013new.csv, is also looked for beside the data)")
-    raise DataError(
-        f"FER+ votes {votes.name} not found beside {data}: give its path (ferplus_csv / --ferplus)"
-    )
 
 
 def hold_out(part: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceSet]:
@@ -387,6 +356,7 @@ class Trainer:
         self.max_minutes = max_minutes
         self.resumed = resume
         self.saved: dict = {}
+        self.length_change: dict = {}
         if resume:  # the recipe first: no data is read for a resume that cannot be
             self.saved = self._check_resumable()
         else:
@@ -584,9 +554,8 @@ class Trainer:
                 f"--set only what changes: {', '.join(LENGTH_KEYS)} or keys that leave the "
                 "saved state as it is), or train into another --out"
             )
-        length = {k: v for k, v in changes.items() if k in LENGTH_KEYS}
-        if length:
-            self._note(f"resuming {self.out} with a new length: {describe_changes(length)}")
+        # said once the new length is found possible (`_check_new_length`), not before
+        self.length_change = {k: v for k, v in changes.items() if k in LENGTH_KEYS}
         other = {k: v for k, v in changes.items() if k not in LENGTH_KEYS}
         if other:
             self._note(f"resuming {self.out} with changed recipe keys: "
@@ -637,6 +606,9 @@ class Trainer:
         if s.get("init_from"):  # states saved before it was kept there: last.json's
             self.init_source = s["init_from"]
         self._check_new_length()
+        if self.length_change:
+            self._note(f"resuming {self.out} with a new length: "
+                       f"{describe_changes(self.length_change)}")
         if self.dist.main:
             # epochs logged after the last saved state are trained again: drop their rows
             with open(self.out / "metrics.jsonl", "w") as f:
@@ -769,13 +741,15 @@ class Trainer:
         line = (f"training {r.model} ({params:,} parameters) on {device}: "
                 f"{len(self.x_train):,} training images ({'+'.join(r.train_splits)}), "
                 f"{len(self.x_val):,} validation ({self.val_name}), {self.steps_per_epoch:,} "
-                f"steps of {r.batch_size} per epoch, {self.planned_epochs} epochs planned")
+                f"step{'s' if self.steps_per_epoch != 1 else ''} of {r.batch_size} per epoch, "
+                f"{self.planned_epochs} epoch{'s' if self.planned_epochs != 1 else ''} planned")
         if r.time_budget_minutes:
             line += f" (fewer if the {r.time_budget_minutes:g}-minute budget is shorter)"
         if self.epoch:
             line += f"; resuming after epoch {self.epoch}"
         if self.max_minutes:
-            line += f"; stops within {self.max_minutes:g} minutes"
+            line += (f"; stops after an epoch where another would end past {self.max_minutes:g} "
+                     "minutes (at least one epoch)")
         return line
 
     def _from_rank0(self, value: float) -> float:

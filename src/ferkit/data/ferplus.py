@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import lzma
+import os
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,34 @@ def load_ferplus(faces: FaceSet, votes_csv: str | Path) -> FaceSet:
         },
     }
     return out
+
+
+def find_ferplus_votes(name: str | os.PathLike, data: str | os.PathLike) -> Path:
+    """The FER+ votes file: `name` as given, else, for a bare file name (no folder in it),
+    beside the data (in it, if a folder, or in its ``fer2013`` folder).
+
+    Where none of those is there, a compressed copy in the same places is taken
+    (``fer2013new.csv.gz``, or .xz / .lzma / .bz2), in the same order. A path with a folder
+    in it (``typo/fer2013new.csv``, or an absolute one) is looked for there only: where it is
+    not there, a DataError names it (not a file of the same name elsewhere).
+    """
+    votes, data = Path(name), Path(data)
+    explicit = votes.is_absolute() or votes.parent != Path(".")
+    if explicit or votes.exists():
+        places = [votes]
+    else:
+        places = [votes] + [
+            folder / votes.name for folder in (data, data / "fer2013", data.parent)
+            if folder.is_dir()
+        ]
+    suffixes = [""] if votes.suffix.lower() in COMPRESSED_OPENERS else ["", *COMPRESSED_OPENERS]
+    for suffix in suffixes:
+        for place in places:
+            if (path := place.with_name(place.name + suffix)).exists():
+                return path
+    if explicit:
+        raise DataError(f"FER+ votes {votes}: no such file (ferplus_csv / --ferplus; a bare file "
+                        "name, such as fer2013new.csv, is also looked for beside the data)")
+    raise DataError(
+        f"FER+ votes {votes.name} not found beside {data}: give its path (ferplus_csv / --ferplus)"
+    )
