@@ -132,6 +132,9 @@ def test_torchscript_equals_torch_and_keeps_metadata(checkpoint, torch_model, tm
             module(x).numpy(), torch_logits(torch_model, x), rtol=0, atol=1e-5
         )
         assert module(x[:1]).shape == (1, len(CLASSES))
+    import zipfile  # the zip names no temporary file of the export
+
+    assert {n.split("/")[0] for n in zipfile.ZipFile(path).namelist()} == {"archive"}
 
 
 def test_recognizer_onnx_backend_equals_torch(checkpoint, onnx_file, ferkit_cache):

@@ -255,9 +255,13 @@ def export_torchscript(model_or_checkpoint, path: str | os.PathLike) -> Path:
     extra = {_TORCHSCRIPT_META: json.dumps(info)}
 
     def save(tmp: Path) -> None:
+        # through memory: saved to a path, the zip's inner folder is named after the
+        # temporary file (".NAME.PID.tmp/..."); from memory it is torch's plain "archive"
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
+            torch.jit.save(traced, buffer, _extra_files=extra)
+        tmp.write_bytes(buffer.getvalue())
 
     return write_atomically(path, save)
 

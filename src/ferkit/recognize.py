@@ -493,7 +493,9 @@ class Recognizer:
 
     def faces_in(self, loaded: LoadedImage) -> tuple[list, np.ndarray]:
         """The detector's faces in a `load_image` result, left to right, and their uint8
-        crops (N x size x size, cut as every path cuts them: `ferkit.faces.crop_face`)."""
+        crops (N x size x size, cut as every path cuts them: `ferkit.faces.crop_face`; with
+        the ``none`` detector the whole image stretched to the square, as `classify` reads a
+        crop)."""
         found = sorted(self.detector.detect(loaded.pixels), key=lambda d: (d.box[0], d.box[1]))
         crops = np.zeros((len(found), self.size, self.size), np.uint8)
         if self.detector.name == "none" and found:

@@ -230,7 +230,8 @@ def score_run(
     scores = kept.get("scores", {}) if kept.get("fingerprint") == fingerprint else {}
     scores = scores if isinstance(scores, dict) else {}
     kept_modes = [mode for mode in dict.fromkeys(("none", tta)) if mode in scores]
-    # a FER2013 run of a table with FER+ runs: no votes (`unused_votes` says so once)
+    # a FER2013 run is scored without votes (where no run of the table is a FER+ run,
+    # `unused_votes` says once that --ferplus went unused)
     votes = ferplus if recipe.dataset == "ferplus" else None
     for mode in dict.fromkeys(("none", tta)):
         if mode not in scores:
