@@ -22,7 +22,7 @@ import numpy as np
 from ferkit.argtypes import TTA_MODES
 from ferkit.data import DataError, load
 from ferkit.evaluate import predict_probs
-from ferkit.fileio import output_file
+from ferkit.fileio import no_folders_left_on_failure, output_file
 from ferkit.weights import load_model
 
 
@@ -66,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="the pack to write (.fkpack)")
     args = ap.parse_args(argv)
     try:
-        out = output_file(args.out, "--out", [args.data])
-        faces = load(args.data)
-        if "PrivateTest" in set(faces.splits.tolist()):
-            raise DataError(f"{args.data} holds PrivateTest rows: the test split stays out of "
-                            "training data; pack Training and PublicTest only")
-        splits = tuple(s.strip() for s in args.splits.split(","))
-        targets, agree = teacher_targets(faces, load_model(args.teacher), args.tta, args.hard,
-                                         splits, args.backend, progress=sys.stderr.isatty())
+        with no_folders_left_on_failure(files=[args.out]):
+            out = output_file(args.out, "--out", [args.data])
+            faces = load(args.data)
+            if "PrivateTest" in set(faces.splits.tolist()):
+                raise DataError(f"{args.data} holds PrivateTest rows: the test split stays out of "
+                                "training data; pack Training and PublicTest only")
+            splits = tuple(s.strip() for s in args.splits.split(","))
+            targets, agree = teacher_targets(faces, load_model(args.teacher), args.tta, args.hard,
+                                             splits, args.backend, progress=sys.stderr.isatty())
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -435,3 +435,13 @@ def test_kaggle_without_test_labels_selects_on_held_out_training(tmp_path, make_
     labelled = _kaggle(tmp_path / "labelled", write_csv, make_images, 6, labels=True)
     train, val, name = load_data(Recipe(val_fraction=0.25), labelled)
     assert name == "PublicTest" and len(val) == 3 and len(train) == 28
+
+
+def test_a_pack_of_data_that_cannot_be_read_leaves_no_folders(tmp_path, capsys):
+    from ferkit.cli import main
+
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "sub" / "p.fkpack", tmp_path / "new" / ".." / "kept" / "p.fkpack"):
+        assert main(["data", "pack", str(tmp_path / "nosuch.csv"), "--out", str(out)]) == 2
+        assert "nosuch.csv" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]

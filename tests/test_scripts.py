@@ -273,7 +273,8 @@ def test_teacher_targets_mix_the_label_with_the_teachers_tta_scores(checkpoint, 
                         ([str(data), "--hard", "1.5"], "expected a weight in [0, 1]"),
                         ([str(data), "--splits", "Nope"], "no Nope rows")):
         assert script.main([*argv, "--teacher", str(checkpoint), "--out",
-                            str(tmp_path / "x.fkpack")]) == 2
+                            str(tmp_path / "new" / "x.fkpack")]) == 2
         assert words in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()  # a refused run leaves no folder behind
     assert script.main([str(data), "--teacher", str(checkpoint), "--out", str(data)]) == 2
     assert "--out" in capsys.readouterr().err and load(data).soft_labels is None

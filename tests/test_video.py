@@ -642,3 +642,8 @@ def test_a_refused_output_leaves_no_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         fileio.output_file(tmp_path / "kept" / "out.mp4", "--out")
     assert (tmp_path / "kept").is_dir()  # a folder that was there stays
+    # also where the path reaches it through a folder that is not there
+    (tmp_path / "kept" / "empty").mkdir()
+    with pytest.raises(ValueError):
+        fileio.output_file(tmp_path / "new1" / ".." / "kept" / "empty" / "out.mp4", "--out")
+    assert (tmp_path / "kept" / "empty").is_dir() and not (tmp_path / "new1").exists()

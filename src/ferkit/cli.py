@@ -94,17 +94,19 @@ def _pack_out(out: str, data: str):
 
 def _cmd_data_pack(args: argparse.Namespace) -> int:
     from .data import DataError, load
+    from .fileio import no_folders_left_on_failure
 
-    out = _pack_out(args.out, args.path)
-    faces = load(args.path)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits:  # a 0-image pack would only fail later, on the training machine
-        raise DataError(
-            f"{args.path}: --splits {args.splits!r} names no split; it has "
-            f"{','.join(faces.split_names)}"
-        )
-    packed = faces.subset(splits)  # a split it does not have is an error there
-    path = packed.save_pack(out)
+    with no_folders_left_on_failure(files=[args.out]):  # a failed read leaves none behind
+        out = _pack_out(args.out, args.path)
+        faces = load(args.path)
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        if not splits:  # a 0-image pack would only fail later, on the training machine
+            raise DataError(
+                f"{args.path}: --splits {args.splits!r} names no split; it has "
+                f"{','.join(faces.split_names)}"
+            )
+        packed = faces.subset(splits)  # a split it does not have is an error there
+        path = packed.save_pack(out)
     size = path.stat().st_size
     print(f"packed {len(packed)} images ({', '.join(splits)}) into {path} "
           f"({size / 2**20:.1f} MiB)")

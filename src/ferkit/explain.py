@@ -305,7 +305,7 @@ def explain_crops(
 
 def _explain_crops(model, crops, class_names, target) -> list[FaceExplanation]:
     if class_names:
-        check_class_names(model, class_names, crops.shape[-1])
+        check_class_names(model, class_names, crops.shape[-1], given="class_names has")
     names = list(class_names or [str(i) for i in range(class_scores(model, crops.shape[-1]))])
     target_idx = _target_index(target, names)
 
@@ -581,6 +581,10 @@ def _output_path(out: str, image: str) -> Path:
     return output_file(path, "--out", [image])
 
 
+class _NoFace(Exception):
+    """A photo without a face: nothing to write (raised inside, to undo the output's folders)."""
+
+
 def run_explain(args: argparse.Namespace) -> int:
     if args.model is not None and Path(args.model).suffix.lower() == ".onnx":
         raise ValueError(
@@ -588,20 +592,24 @@ def run_explain(args: argparse.Namespace) -> int:
             "a shipped weights name), not an ONNX model"
         )
     _matplotlib()  # missing: say so before the work, not after it
-    # a run that fails (a model or image that cannot load) leaves no empty folders behind
-    with no_folders_left_on_failure(files=[args.out]):
-        out = _output_path(args.out, args.image)
-        recognizer = recognizer_from_args(args)
-        loaded = load_image(args.image, max_side=recognizer.max_side)
-        explanations = explain(recognizer, loaded, target=args.target)
-    if not explanations:
+    # a run that fails (a model or image that cannot load) or finds no face leaves no
+    # empty folders behind
+    try:
+        with no_folders_left_on_failure(files=[args.out]):
+            out = _output_path(args.out, args.image)
+            recognizer = recognizer_from_args(args)
+            loaded = load_image(args.image, max_side=recognizer.max_side)
+            explanations = explain(recognizer, loaded, target=args.target)
+            if not explanations:
+                raise _NoFace
+            for k, e in enumerate(explanations, 1):
+                box = ", ".join(str(v) for v in e.face.box)
+                note = f" (Grad-CAM: {e.gradcam_note})" if e.gradcam_note else ""
+                print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}{note}")
+            render_explanations(loaded, explanations, out)
+    except _NoFace:
         print(f"{args.image}: no face found")
         return 0
-    for k, e in enumerate(explanations, 1):
-        box = ", ".join(str(v) for v in e.face.box)
-        note = f" (Grad-CAM: {e.gradcam_note})" if e.gradcam_note else ""
-        print(f"face {k} ({box}): {e.face.label} {e.face.confidence:.1%}{note}")
-    render_explanations(loaded, explanations, out)
     print(f"explanation written to {out}")
     sys.stdout.flush()
     return 0

@@ -104,6 +104,20 @@ def output_file(
     return path
 
 
+def _folders_on_the_way(folder: Path) -> list[Path]:
+    """The folders making ``folder`` would make: its resolved path and ancestors, and the
+    ancestors as written up to a first ``..`` (``new/../kept`` makes ``new``; through a
+    ``..`` a path names another folder than it seems to: ``new/..`` is not new)."""
+    real = Path(os.path.realpath(folder))
+    parts = folder.absolute().parts
+    written = []
+    for k in range(1, len(parts) + 1):
+        if parts[k - 1] == "..":
+            break
+        written.append(Path(*parts[:k]))
+    return [real, *real.parents, *written]
+
+
 @contextlib.contextmanager
 def no_folders_left_on_failure(files: Iterable = (), folders: Iterable = ()):
     """Folders the output ``files`` (their folders) and ``folders`` (themselves too) need and
@@ -112,7 +126,7 @@ def no_folders_left_on_failure(files: Iterable = (), folders: Iterable = ()):
     leaves no empty folders behind. None or "-" (standard output) entries are skipped."""
     wanted = [Path(f).parent for f in files if f not in (None, "", "-")]
     wanted += [Path(f) for f in folders if f not in (None, "", "-")]
-    new = {q for w in wanted for q in (w, *w.parents) if not q.exists()}
+    new = {q for w in wanted for q in _folders_on_the_way(w) if not q.exists()}
     try:
         yield
     except BaseException:
