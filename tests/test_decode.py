@@ -274,6 +274,11 @@ def test_float_image_files_are_read_by_the_range_their_values_use(tmp_path):
     clipped = want.copy()
     clipped[0, 0] = 255
     assert np.abs(load_image(tif).pixels.astype(int) - clipped).max() <= 1
+    # whole numbers just over 255 are levels (9-10 bits), not an overshoot: not clipped
+    levels = np.rint(ramp * np.float32(380.0))
+    Image.fromarray(levels, mode="F").save(tif)
+    pixels = load_image(tif).pixels
+    assert (pixels == 255).mean() < 0.01 and pixels.max() == 95  # 380 >> 2
     # data normalised to -1..1 is refused, as the same array is
     Image.fromarray(ramp * 2 - 1, mode="F").save(tif)
     with pytest.raises(ImageError, match="not negative values"):

@@ -79,14 +79,16 @@ def array_to_uint8(arr: np.ndarray) -> np.ndarray:
 def float_file_to_uint8(arr: np.ndarray) -> np.ndarray:
     """uint8 pixels of a float image read from a file (PIL mode ``F``: PFM, float TIFF),
     whose files say nothing of their range: values up to 1 are 0..1 (PFM's convention), up
-    to 255 are 0..255, each with `FLOAT_RANGE`'s margin for resampling overshoot (clipped);
-    larger ones are integer levels of the bit depth they use (as 16-bit files are read).
+    to 255 are 0..255, each with `FLOAT_RANGE`'s margin for resampling overshoot (clipped;
+    whole numbers over 255 are no overshoot); larger ones are integer levels of the bit
+    depth they use (as 16-bit files are read).
     NaN is 0; values below the margin (data normalised to -1..1, say) are an `ImageError`,
     as for arrays."""
     arr = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=65535.0)
     low, high = FLOAT_RANGE
     top = float(arr.max()) if arr.size else 0.0
-    scale = 1.0 if top <= high else 255.0 if top <= 255.0 * high else None
+    whole = top > 255.0 and bool(np.all(arr == np.rint(arr)))  # levels, e.g. 10-bit 0..380
+    scale = 1.0 if top <= high else 255.0 if top <= 255.0 * high and not whole else None
     if arr.size and float(arr.min()) < low * (scale or 255.0):
         raise ImageError(
             f"float image values span {arr.min():g}..{top:g}: expected 0..1, 0..255 or "
