@@ -143,7 +143,7 @@ def test_class_names_that_do_not_fit_the_model():
     model = create_model("mba_cnn").eval()
     crops = face_crops(1)
     for names in (["a", "b"], list("abcdefghij")):
-        with pytest.raises(ValueError, match=rf"gives 7 class scores, but its metadata names "
+        with pytest.raises(ValueError, match=rf"gives 7 class scores, but class_names has "
                                              rf"{len(names)} classes"):
             explain_crops(model, crops, names)
         with pytest.raises(ValueError, match="gives 7 class scores"):

@@ -628,7 +628,7 @@ class Trainer:
         if r.epochs < done:
             raise ValueError(
                 f"{self.out}: cannot resume with epochs {r.epochs}: the run has trained {done} "
-                f"epochs already (its checkpoints are as they are; give epochs > {done} to go on)"
+                f"epoch{'s' if done != 1 else ''} already (its checkpoints are as they are; give epochs > {done} to go on)"
             )
         saved = self.saved.get("recipe", {})
         budget = r.time_budget_minutes

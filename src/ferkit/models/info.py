@@ -37,13 +37,15 @@ def class_scores(model: nn.Module, size: int = 48) -> int:
                          f"face ({type(exc).__name__}: {exc})") from None
 
 
-def check_class_names(model: nn.Module, class_names: Sequence, size: int = 48) -> None:
+def check_class_names(model: nn.Module, class_names: Sequence, size: int = 48,
+                      given: str = "its metadata names") -> None:
     """A ValueError where ``model`` gives another number of class scores than there are
-    ``class_names`` (a model given with metadata that is not its own)."""
+    ``class_names`` (a model given with metadata that is not its own); ``given`` says where
+    the names come from."""
     scores = class_scores(model, size)
     if scores != len(class_names):
         raise ValueError(
-            f"{type(model).__name__} gives {scores} class scores, but its metadata names "
+            f"{type(model).__name__} gives {scores} class scores, but {given} "
             f"{len(class_names)} classes ({', '.join(map(str, class_names))})"
         )
 
