@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 from pathlib import Path
@@ -113,3 +114,30 @@ def pack(env, tmp_path_factory) -> Path:
     from test_train import SPLITS, bar_faces
 
     return bar_faces(SPLITS).save_pack(tmp_path_factory.mktemp("data") / "bars.fkpack", preset=1)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """``app`` served by uvicorn on a free loopback port, in a thread; yields its URL
+    (needs ``ferkit[serve]``)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < end, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        sock.close()

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from test_explain import BrightDark
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -22,20 +22,6 @@ from ferkit.models import create_model
 from ferkit.recognize import Recognizer
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-class BrightDark(nn.Module):
-    """Two classes with known evidence (as in test_explain): bright and dark pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(torch.cat([F.relu(x), F.relu(-x)], dim=1), 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.features(x).mean(dim=(2, 3))
 
 
 def corner_crop() -> np.ndarray:

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_serve_extra
+from conftest import require_serve_extra, serve_in_thread
 
 require_serve_extra()
 pytest.importorskip(
     "playwright.sync_api", reason="the browser test needs Playwright: pip install playwright"
 )
 
-import uvicorn  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from ferkit import samples  # noqa: E402
@@ -73,21 +70,8 @@ def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("ckpt") / "random"
     save_checkpoint(create_model("mba_cnn"), base, meta, dtype=torch.float16)
     app = create_app(settings=Settings(model=str(base), device="cpu"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(15)
-    sock.close()
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture

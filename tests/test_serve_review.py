@@ -4,12 +4,9 @@ start-up checks, the load benchmark's overload run and the web page's webcam con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
-import importlib.util
 import io
 import os
-import socket
 import sys
 import threading
 import time
@@ -17,8 +14,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import require_serve_extra
+from conftest import require_serve_extra, serve_in_thread
 from PIL import Image
+from test_benchmarks import load_benchmark
 
 require_serve_extra()
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx: pip install httpx")
@@ -231,34 +229,6 @@ def test_cli_says_when_python_multipart_is_missing(
 # ---- benchmarks/serve_load.py ----
 
 
-@contextlib.contextmanager
-def running(app):
-    """``app`` served by uvicorn on a free loopback port, in a thread; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < end, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
-def load_benchmark(name: str):
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_serve_load_says_when_its_overload_cannot_overload(capsys):
     """--overload with fewer clients than workers + queue printed '503 answers: 0' as if
     the service had held an overload."""
@@ -267,7 +237,7 @@ def test_serve_load_says_when_its_overload_cannot_overload(capsys):
             "--warmup", "1", "--busy-pause", "0.01"]  # fmt: skip
     for queue, expected in ((8, True), (0, False)):  # capacity 9 and 1 against 2 clients
         app = create_app(FakeRecognizer(faces=1, delay=0.01), Settings(queue=queue))
-        with running(app) as url:
+        with serve_in_thread(app) as url:
             assert bench.main(["--url", url, *argv]) == 0
         out = capsys.readouterr().out
         assert ("no 503 is expected" in out) is expected, out
@@ -307,7 +277,7 @@ def slow_page():
         pytest.skip(f"no Chromium at {chromium} (set FERKIT_CHROMIUM to its path)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright")
     app = create_app(FakeRecognizer(delay=1.0), Settings(model_name="slow"))
-    with running(app) as url, sync_api.sync_playwright() as p:
+    with serve_in_thread(app) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()

@@ -5,7 +5,6 @@ that fails with a message."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_video import ClosedPipe
 
 from ferkit import samples
 from ferkit.predict_cli import add_parsers as add_predict_parsers
@@ -132,24 +132,6 @@ def test_an_image_recognition_fails_on_does_not_end_the_batch(
     assert records[0]["error"] is None and records[2]["error"] is None
     assert str(tiny) in records[1]["error"] and "range()" in records[1]["error"]
     assert "1 of 3 input(s) failed" in err
-
-
-class ClosedPipe(io.StringIO):
-    """Standard output whose reader goes away after ``lines`` writes."""
-
-    def __init__(self, lines: int) -> None:
-        super().__init__()
-        self.left = lines
-
-    def write(self, text: str) -> int:
-        if self.left <= 0:
-            raise BrokenPipeError(32, "Broken pipe")
-        self.left -= 1
-        return super().write(text)
-
-    def flush(self) -> None:
-        if self.left <= 0:
-            raise BrokenPipeError(32, "Broken pipe")
 
 
 def test_stdout_closed_early_still_annotates_every_image(
