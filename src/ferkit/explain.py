@@ -24,7 +24,7 @@ from torch import nn
 
 from .faces import FACE_SIZE, faces_to_tensor
 from .fileio import no_folders_left_on_failure, output_file
-from .models.info import check_class_names, class_scores, eval_mode
+from .models.info import check_class_names, class_scores, eval_mode, model_device
 from .models.layers import SpatialAttention
 from .predict_cli import recognizer_from_args
 from .recognize import (
@@ -216,13 +216,6 @@ def _explain_batch(
             h.remove()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _explanations(
     model: nn.Module,
     crops: np.ndarray,
@@ -319,7 +312,7 @@ def _explain_crops(model, crops, class_names, target) -> list[FaceExplanation]:
             confidence=float(probs[best]),
         )
 
-    return _explanations(model, crops, names, target_idx, face, _model_device(model))
+    return _explanations(model, crops, names, target_idx, face, model_device(model))
 
 
 def _as_recognizer(obj, detector) -> Recognizer:
@@ -338,7 +331,7 @@ def _as_recognizer(obj, detector) -> Recognizer:
     meta = dict(meta)
     if "class_names" not in meta:
         meta["class_names"] = [str(i) for i in range(class_scores(model))]
-    return Recognizer(model=(model, meta), detector=detector, device=str(_model_device(model)))
+    return Recognizer(model=(model, meta), detector=detector, device=str(model_device(model)))
 
 
 def explain(

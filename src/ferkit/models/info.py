@@ -23,12 +23,16 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def class_scores(model: nn.Module, size: int = 48) -> int:
     """How many class scores ``model`` gives: one blank gray 1 x size x size face through it
     on its own device, in eval mode, without gradients. A ValueError where it takes no such
     face."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    face = torch.zeros(1, 1, size, size, device=device)
+    face = torch.zeros(1, 1, size, size, device=model_device(model))
     try:
         with eval_mode(model), torch.no_grad():
             return int(model(face).shape[-1])
