@@ -22,14 +22,28 @@ def save_checkpoint(
 
     ``dtype=torch.float16`` stores floating weights in half precision (shipped weights).
     """
-    base = Path(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    return write_checkpoint(weights_state(model, dtype), path, metadata)
+
+
+def weights_state(model: nn.Module, dtype: torch.dtype | None = None,
+                  copy: bool = False) -> dict[str, torch.Tensor]:
+    """The model's weights as contiguous CPU tensors, as `write_checkpoint` writes them;
+    ``copy``: never the model's own tensors (a CPU model's weights are otherwise shared, and
+    change as it trains on)."""
     state = {}
     for k, v in model.state_dict().items():
-        v = v.detach().to("cpu").contiguous()
+        v = v.detach().to("cpu", copy=copy).contiguous()
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v
+    return state
+
+
+def write_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict) -> Path:
+    """Write `weights_state`'s ``state`` as ``PATH.safetensors`` beside ``PATH.json``."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
     # JSON first, weights last: a reader that sees new weights also sees their metadata
     text = json.dumps(metadata, indent=2).encode()
     write_atomically(_file(base, ".json"), lambda tmp: tmp.write_bytes(text))

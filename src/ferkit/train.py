@@ -15,7 +15,9 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from torch import nn
 
 from . import __version__
 from .augment import PIXEL_MEAN, PIXEL_STD, normalize
-from .checkpoint import read_metadata, save_checkpoint
+from .checkpoint import read_metadata, weights_state, write_checkpoint
 from .data import FERPLUS_CLASSES, DataError, FaceSet, load_ferplus
 from .data.ferplus import find_ferplus_votes
 from .data.readers import faces_from
@@ -326,6 +328,55 @@ def predict_logits(
     return torch.cat(out)
 
 
+def cpu_copy(obj):
+    """``obj`` (dicts, lists and tuples of tensors and plain values) with every tensor copied
+    to the CPU: a snapshot that training on cannot change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes an epoch's checkpoint files in a thread of their own while the next epoch
+    trains (on a GPU an epoch can take a second; writing its files, a third of that).
+
+    One epoch's files at a time, in order: `submit` waits for the last epoch's first. A
+    write that failed raises here, in the training thread, at the next `submit` or `wait`,
+    so no failure goes unsaid. The thread is not a daemon: a run that stops on an error
+    still finishes the files it began, each written atomically."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, jobs: list[Callable[[], object]]) -> None:
+        self.wait()
+
+        def work() -> None:
+            try:
+                for job in jobs:
+                    job()
+            except BaseException as exc:  # raised again in the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="ferkit-checkpoints")
+        self._thread.start()
+
+    def wait(self, quiet: bool = False) -> None:
+        """Until the files handed over are written; then raise a failed write's error
+        (``quiet``: not, for a run that is already stopping on an error of its own)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and not quiet:
+            raise error
+
+
 class Trainer:
     """State of one run; `fit` below is the entry point."""
 
@@ -349,6 +400,8 @@ class Trainer:
             recipe = run_recipe(out)
         self.recipe = recipe = as_recipe(recipe)
         self.out = Path(out)
+        self.checkpoints = CheckpointWriter()
+        self.code_version = code_version()  # of the code this run started with
         if max_minutes is not None and not 0 < max_minutes < math.inf:
             raise ValueError(f"max_minutes (--max-minutes) {max_minutes}: expected minutes > 0 "
                              "(None, or leave the option out, for no limit)")
@@ -506,7 +559,7 @@ class Trainer:
             "recipe": r.to_dict(),
             "metrics": metrics,
             "data": self.data_info,
-            "code_version": code_version(),
+            "code_version": self.code_version,
             "torch": torch.__version__,
             **({"init_from": self.init_source} if self.init_source else {}),
         }
@@ -514,11 +567,21 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def save(self, name: str, metrics: dict) -> None:
-        save_checkpoint(self._eval_model(), self.out / name, self.metadata(metrics))
+    def _save_epoch(self, metrics: dict, improved: bool) -> None:
+        """Hand this epoch's files to the writer thread: ``best`` (when `improved`), ``last``
+        and the training state for ``--resume``, from copies taken now."""
+        weights = weights_state(self._eval_model(), copy=True)
+        meta = self.metadata(metrics)
+        state = cpu_copy(self._training_state())
+        names = ["best", "last"] if improved else ["last"]
+        jobs = [lambda name=name: write_checkpoint(weights, self.out / name, meta)
+                for name in names]
+        jobs.append(lambda: write_atomically(self.out / "last.state.pt",
+                                             lambda tmp: torch.save(state, tmp)))
+        self.checkpoints.submit(jobs)
 
-    def _save_state(self) -> None:
-        state = {
+    def _training_state(self) -> dict:
+        return {
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best": self.best,
@@ -526,7 +589,7 @@ class Trainer:
             "plateau_bad": self.plateau_bad,
             "planned_epochs": self.planned_epochs,
             "elapsed": self.elapsed,
-            "history": self.history,
+            "history": list(self.history),
             "init_from": self.init_source,
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -535,7 +598,6 @@ class Trainer:
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
-        write_atomically(self.out / "last.state.pt", lambda tmp: torch.save(state, tmp))
 
     def _check_resumable(self) -> dict:
         """The saved run's metadata, where the recipe given now may continue it: only its
@@ -794,39 +856,41 @@ class Trainer:
         stop_reason = "epochs"
         invocation_start = time.perf_counter()
         start_wall = time.perf_counter() - self.elapsed
-        while self.epoch < self.planned_epochs:
-            t0 = time.perf_counter()
-            row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate()}
-            self.epoch += 1
-            self.elapsed = time.perf_counter() - start_wall
-            row["elapsed_s"] = self.elapsed
-            # every process must take the same decisions below: rank 0's clock decides
-            epoch_total = self._from_rank0(time.perf_counter() - t0)
-            this_run = self._from_rank0(time.perf_counter() - invocation_start)
-            if r.schedule == "plateau":
-                if row["val_acc"] > self.best + 1e-4:
-                    self.plateau_bad = 0
-                else:
-                    self.plateau_bad += 1
-                    if self.plateau_bad > r.plateau_patience:
-                        self.plateau_scale *= r.plateau_factor
+        try:
+            while self.epoch < self.planned_epochs:
+                t0 = time.perf_counter()
+                row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate()}
+                self.epoch += 1
+                self.elapsed = time.perf_counter() - start_wall
+                row["elapsed_s"] = self.elapsed
+                # every process must take the same decisions below: rank 0's clock decides
+                epoch_total = self._from_rank0(time.perf_counter() - t0)
+                this_run = self._from_rank0(time.perf_counter() - invocation_start)
+                if r.schedule == "plateau":
+                    if row["val_acc"] > self.best + 1e-4:
                         self.plateau_bad = 0
-            improved = row["val_acc"] > self.best
-            self.best = max(self.best, row["val_acc"])
-            if self.epoch > 1:
-                self._plan(epoch_total)
-            if d.main:
-                self._log(row, writer)
-                metrics = {**row, "best_val_acc": self.best, "val_split": self.val_name}
-                if improved:
-                    self.save("best", metrics)
-                self.save("last", metrics)
-                self._save_state()
-            if self.max_minutes and self.epoch < self.planned_epochs:
-                # --max-minutes boxes this invocation (a resumed run gets a fresh box)
-                if this_run + epoch_total > self.max_minutes * 60:
-                    stop_reason = "max_minutes"
-                    break
+                    else:
+                        self.plateau_bad += 1
+                        if self.plateau_bad > r.plateau_patience:
+                            self.plateau_scale *= r.plateau_factor
+                            self.plateau_bad = 0
+                improved = row["val_acc"] > self.best
+                self.best = max(self.best, row["val_acc"])
+                if self.epoch > 1:
+                    self._plan(epoch_total)
+                if d.main:
+                    self._log(row, writer)
+                    metrics = {**row, "best_val_acc": self.best, "val_split": self.val_name}
+                    self._save_epoch(metrics, improved)
+                if self.max_minutes and self.epoch < self.planned_epochs:
+                    # --max-minutes boxes this invocation (a resumed run gets a fresh box)
+                    if this_run + epoch_total > self.max_minutes * 60:
+                        stop_reason = "max_minutes"
+                        break
+        except BaseException:
+            self.checkpoints.wait(quiet=True)  # the files it began, before the error goes up
+            raise
+        self.checkpoints.wait()
         if writer is not None:
             writer.close()
         summary = {
