@@ -115,6 +115,17 @@ def test_one_moving_face_keeps_its_id(video, recognizer):
     assert face.to_dict()["id"] == 1 and set(face.to_dict()["scores"]) == set(CLASSES)
 
 
+def test_a_stream_opened_without_a_recognizer_takes_one_later(video, recognizer):
+    # as `ferkit webcam` opens its camera before the model loads
+    with process_video(video, None) as stream:
+        with pytest.raises(ValueError, match="no recognizer: .*set the stream's .recognizer"):
+            next(stream)
+        stream.recognizer = recognizer
+        results = list(stream)
+    assert [r.frame_index for r in results] == list(range(FRAMES))
+    assert all(len(r.faces) == 1 for r in results)
+
+
 def test_every_n_frames_carries_the_last_results(video, recognizer):
     seen = []
     stream = process_video(video, recognizer, every=3, on_frame=lambda f, r: seen.append(f.shape))

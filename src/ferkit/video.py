@@ -186,7 +186,7 @@ class VideoStream:
     def __init__(
         self,
         source: str | os.PathLike | int,
-        recognizer: Recognizer,
+        recognizer: Recognizer | None,
         every: int = 1,
         smoothing: float = 0.0,
         on_frame: Callable[[np.ndarray, FrameResult], None] | None = None,
@@ -250,6 +250,9 @@ class VideoStream:
         return self
 
     def __next__(self) -> FrameResult:
+        if self.recognizer is None:
+            raise ValueError(f"{self.name}: no recognizer: give one to process_video, or set "
+                             "the stream's .recognizer before reading frames")
         return next(self._gen)
 
     def __enter__(self) -> VideoStream:
@@ -319,7 +322,7 @@ class VideoStream:
 
 def process_video(
     source: str | os.PathLike | int,
-    recognizer: Recognizer,
+    recognizer: Recognizer | None,
     every: int = 1,
     smoothing: float = 0.0,
     on_frame: Callable[[np.ndarray, FrameResult], None] | None = None,
@@ -341,6 +344,8 @@ def process_video(
     ``max_missed`` analysed frames without a match; ``iou_threshold`` is the least box
     overlap that continues a track. FFmpeg's own log lines are silenced (the environment
     variable ``OPENCV_FFMPEG_LOGLEVEL`` is set to -8 unless it is set already).
+    ``recognizer`` may be None while the video is opened (a camera, say, opened before a
+    model loads); set the stream's ``recognizer`` before reading frames.
     """
     return VideoStream(source, recognizer, every, smoothing, on_frame, iou_threshold, max_missed)
 
