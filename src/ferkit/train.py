@@ -8,6 +8,7 @@ is not starved by Python; with ``cuda_graph`` a step is one replayed CUDA graph.
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import json
@@ -333,8 +334,11 @@ def cpu_copy(obj):
     to the CPU: a snapshot that training on cannot change."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, dict):  # of its own type, with its attributes (a state_dict's _metadata)
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = cpu_copy(v)
+        return out
     if isinstance(obj, list | tuple):
         return type(obj)(cpu_copy(v) for v in obj)
     return obj
@@ -345,16 +349,20 @@ class CheckpointWriter:
     trains (on a GPU an epoch can take a second; writing its files, a third of that).
 
     One epoch's files at a time, in order: `submit` waits for the last epoch's first. A
-    write that failed raises here, in the training thread, at the next `submit` or `wait`,
-    so no failure goes unsaid. The thread is not a daemon: a run that stops on an error
-    still finishes the files it began, each written atomically."""
+    write that failed raises here, in the training thread, at the next `submit` or `wait`
+    (or, for a run stopping on an error of its own, is said on stderr), so no failure goes
+    unsaid. The thread is not a daemon: a run that stops on an error still finishes the
+    files it began, each written atomically."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._what = ""
 
-    def submit(self, jobs: list[Callable[[], object]]) -> None:
+    def submit(self, jobs: list[Callable[[], object]], what: str = "checkpoint files") -> None:
+        """Write ``jobs`` (each a call) in order, in a thread; ``what`` names them in an error."""
         self.wait()
+        self._what = what
 
         def work() -> None:
             try:
@@ -373,8 +381,12 @@ class CheckpointWriter:
             self._thread.join()
             self._thread = None
         error, self._error = self._error, None
-        if error is not None and not quiet:
+        if error is None:
+            return
+        if not quiet:
             raise error
+        print(f"ferkit: {self._what} not written: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
 
 
 class Trainer:
@@ -570,6 +582,7 @@ class Trainer:
     def _save_epoch(self, metrics: dict, improved: bool) -> None:
         """Hand this epoch's files to the writer thread: ``best`` (when `improved`), ``last``
         and the training state for ``--resume``, from copies taken now."""
+        self.checkpoints.wait()  # the last epoch's copies go before these are taken
         weights = weights_state(self._eval_model(), copy=True)
         meta = self.metadata(metrics)
         state = cpu_copy(self._training_state())
@@ -578,7 +591,7 @@ class Trainer:
                 for name in names]
         jobs.append(lambda: write_atomically(self.out / "last.state.pt",
                                              lambda tmp: torch.save(state, tmp)))
-        self.checkpoints.submit(jobs)
+        self.checkpoints.submit(jobs, f"epoch {self.epoch}'s checkpoint files ({self.out})")
 
     def _training_state(self) -> dict:
         return {
