@@ -632,12 +632,17 @@ def run_cli(checkpoint: Path, *argv: str) -> int:
     return args.func(args)
 
 
+def two_photos(folder: Path, face: np.ndarray) -> Path:
+    """``folder`` with ``a.jpg`` (the face) and ``sub/b.png`` (it mirrored)."""
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(face).save(folder / "a.jpg", quality=90)
+    Image.fromarray(face[:, ::-1]).save(folder / "sub" / "b.png")
+    return folder
+
+
 @pytest.fixture
 def photo_dir(tmp_path, astronaut) -> Path:
-    folder = tmp_path / "photos"
-    (folder / "sub").mkdir(parents=True)
-    Image.fromarray(astronaut).save(folder / "a.jpg", quality=90)
-    Image.fromarray(astronaut[:, ::-1]).save(folder / "sub" / "b.png")
+    folder = two_photos(tmp_path / "photos", astronaut)
     Image.new("RGB", (64, 48), (120, 120, 120)).save(folder / "sub" / "blank.png")
     (folder / "notes.txt").write_text("not an image")
     return folder

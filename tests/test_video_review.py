@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_recognize import two_photos
 from test_video import ClosedPipe
 
 from ferkit import samples
@@ -46,11 +47,7 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture
 def photos(tmp_path, astronaut) -> Path:
-    folder = tmp_path / "photos"
-    (folder / "sub").mkdir(parents=True)
-    Image.fromarray(astronaut).save(folder / "a.jpg", quality=90)
-    Image.fromarray(astronaut[:, ::-1]).save(folder / "sub" / "b.png")
-    return folder
+    return two_photos(tmp_path / "photos", astronaut)
 
 
 def files_under(folder: Path) -> set[str]:

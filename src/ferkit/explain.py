@@ -292,11 +292,6 @@ def explain_crops(
         return []
     if auto_contrast:
         crops = lift_contrast(crops)
-    with torch.inference_mode(False):
-        return _explain_crops(model, crops, class_names, target)
-
-
-def _explain_crops(model, crops, class_names, target) -> list[FaceExplanation]:
     if class_names:
         check_class_names(model, class_names, crops.shape[-1], given="class_names has")
     names = list(class_names or [str(i) for i in range(class_scores(model, crops.shape[-1]))])
